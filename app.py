@@ -1,0 +1,69 @@
+"""The application factory."""
+
+import logging
+import sys
+from collections.abc import Mapping
+
+from flask import Flask
+from flask_cors import CORS
+
+import auth
+import database
+import errors
+import globalkey
+import requestid
+from config import load_settings, read_environment
+from routes import register_blueprints
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: Mapping[str, str] | None = None, instance_path: str | None = None) -> Flask:
+    """Build the evogate app from the environment, or from `config` in its place (tests)."""
+    settings = load_settings(read_environment() if config is None else config)
+    configure_logging(settings["LOG_LEVEL"])
+
+    app = Flask(__name__, static_folder=None, instance_path=instance_path)
+    app.config.update(settings)
+    app.json.sort_keys = False
+    if not app.config["AUTHENTICATION_API_KEY"]:
+        app.config["AUTHENTICATION_API_KEY"] = globalkey.load_or_create(app.instance_path)
+    warn_about_unknown_variables(app)
+
+    database.init_app(app)
+    errors.init_app(app)
+    requestid.init_app(app)
+    app.before_request(auth.guard)
+    init_cors(app)
+    register_blueprints(app)
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Send log lines to standard error, once per process, at the configured level."""
+    root = logging.getLogger()
+    if not any(getattr(handler, "is_evogate", False) for handler in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.is_evogate = True
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def warn_about_unknown_variables(app: Flask) -> None:
+    for name in app.config["UNKNOWN_AUTHENTICATION_VARIABLES"]:
+        logger.warning("%s is not a setting evogate knows; check its spelling", name)
+
+
+def init_cors(app: Flask) -> None:
+    """Allow browsers from CORS_ORIGIN; with it unset, no CORS headers are sent."""
+    origins = app.config["CORS_ORIGIN"]
+    if not origins:
+        return
+    CORS(
+        app,
+        origins="*" if "*" in origins else origins,
+        methods=app.config["CORS_METHODS"],
+        supports_credentials=app.config["CORS_CREDENTIALS"],
+        expose_headers=["X-Request-ID"],
+    )

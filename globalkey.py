@@ -1,0 +1,41 @@
+"""The generated global API key, kept in a file in the Flask instance folder."""
+
+import logging
+import os
+import secrets
+import tempfile
+
+logger = logging.getLogger(__name__)
+
+KEY_FILE_NAME = "global-api-key"
+
+
+def load_or_create(instance_path: str) -> str:
+    """Return the key stored in the instance folder, creating it on first start.
+
+    The file is written under a temporary name and linked into place, so processes that start
+    together either create it or read the one that another process linked first: all of them
+    end up with the same key. The file is readable by its owner only.
+    """
+    os.makedirs(instance_path, exist_ok=True)
+    path = os.path.join(instance_path, KEY_FILE_NAME)
+    if not os.path.exists(path):
+        create(path)
+    with open(path, encoding="ascii") as key_file:
+        key = key_file.read().strip()
+    logger.info("AUTHENTICATION_API_KEY is not set; using the generated key stored in %s", path)
+    return key
+
+
+def create(path: str) -> None:
+    descriptor, temporary_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".key-")
+    try:
+        with os.fdopen(descriptor, "w", encoding="ascii") as key_file:
+            key_file.write(secrets.token_hex(32) + "\n")
+        os.chmod(temporary_path, 0o600)
+        try:
+            os.link(temporary_path, path)
+        except FileExistsError:
+            pass  # another process created it first; everyone uses that one
+    finally:
+        os.unlink(temporary_path)

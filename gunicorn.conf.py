@@ -1,0 +1,38 @@
+"""gunicorn settings for evogate, taken from the same environment as the app.
+
+Start with `gunicorn -c gunicorn.conf.py wsgi:app`; `--bind` and `--workers` on the command
+line win over the values here.
+"""
+
+import logging
+import sys
+
+# Module-level names that match gunicorn settings are read as settings, so the `config`
+# module is not imported under its own name here.
+from config import ConfigError, load_settings, read_environment
+
+try:
+    settings = load_settings(read_environment())
+except ConfigError as error:
+    # A setting that cannot run stops the master itself, so gunicorn never starts workers
+    # that would fail and be respawned forever.
+    logging.basicConfig(format="%(levelname)s evogate: %(message)s")
+    logging.getLogger("evogate").critical("Refusing to start: %s", error)
+    sys.exit(1)
+
+bind = [f"0.0.0.0:{settings['SERVER_PORT']}"]
+workers = settings["WEB_CONCURRENCY"]
+# Load the app once in the master: settings are checked and the schema migrated before
+# workers fork, and the workers share the loaded code's memory.
+preload_app = True
+worker_tmp_dir = "/dev/shm"
+
+loglevel = settings["LOG_LEVEL"].lower()
+accesslog = "-"
+errorlog = "-"
+# The path without its query string, so a key put in a URL by mistake is never logged.
+access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
+
+if settings["SERVER_TYPE"] == "https":
+    certfile = settings["SSL_CONF_FULLCHAIN"]
+    keyfile = settings["SSL_CONF_PRIVKEY"]

@@ -1,0 +1,123 @@
+"""Database models: instances and their messages.
+
+`db` is created unbound here and bound to the app in `create_app`, so nothing imports the app.
+"""
+
+import re
+import uuid
+from datetime import datetime, timezone
+
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so migrations can refer to them on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+db = SQLAlchemy(model_class=Base)
+
+OPEN, CLOSE, CONNECTING = "open", "close", "connecting"
+EVOLUTION = "EVOLUTION"
+PENDING = "PENDING"
+INSTANCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+INSTANCE_NAME_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
+
+
+def is_valid_instance_name(name: str) -> bool:
+    return INSTANCE_NAME_PATTERN.fullmatch(name) is not None
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
+
+
+class Instance(db.Model):
+    """A messaging instance; only the SHA-256 digest of its token is stored."""
+
+    __tablename__ = "instances"
+
+    # The integer key gives creation order; `public_id` is the UUID clients see as `id`.
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    integration: Mapped[str] = mapped_column(String(32), default=EVOLUTION)
+    connection_status: Mapped[str] = mapped_column(String(16), default=OPEN)
+    number: Mapped[str | None] = mapped_column(String(15))
+    profile_name: Mapped[str | None] = mapped_column(String(128))
+    profile_pic_url: Mapped[str | None] = mapped_column(String(1024))
+
+    reject_call: Mapped[bool] = mapped_column(Boolean, default=False)
+    msg_call: Mapped[str] = mapped_column(Text, default="")
+    groups_ignore: Mapped[bool] = mapped_column(Boolean, default=False)
+    always_online: Mapped[bool] = mapped_column(Boolean, default=False)
+    read_messages: Mapped[bool] = mapped_column(Boolean, default=False)
+    read_status: Mapped[bool] = mapped_column(Boolean, default=False)
+    sync_full_history: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
+
+    messages: Mapped[list["Message"]] = relationship(
+        back_populates="instance", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def owner_jid(self) -> str | None:
+        return f"{self.number}@s.whatsapp.net" if self.number else None
+
+    @property
+    def settings(self) -> dict:
+        return {
+            "rejectCall": self.reject_call,
+            "msgCall": self.msg_call,
+            "groupsIgnore": self.groups_ignore,
+            "alwaysOnline": self.always_online,
+            "readMessages": self.read_messages,
+            "readStatus": self.read_status,
+            "syncFullHistory": self.sync_full_history,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.name}>"
+
+
+class Message(db.Model):
+    """A message sent or received through an instance."""
+
+    __tablename__ = "messages"
+    # Incoming messages are idempotent by the sender's id; outgoing ids are generated here.
+    __table_args__ = (UniqueConstraint("instance_pk", "from_me", "key_id"),)
+
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    # The unique constraint below starts with this column, so it also serves as its index.
+    instance_pk: Mapped[int] = mapped_column(ForeignKey("instances.pk", ondelete="CASCADE"))
+    key_id: Mapped[str] = mapped_column(String(128))
+    remote_jid: Mapped[str] = mapped_column(String(128))
+    from_me: Mapped[bool] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))
+    message_type: Mapped[str] = mapped_column(String(32), default="conversation")
+    text: Mapped[str] = mapped_column(Text)
+    push_name: Mapped[str | None] = mapped_column(String(256))
+    message_timestamp: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+
+    instance: Mapped[Instance] = relationship(back_populates="messages")
+
+    def __repr__(self) -> str:
+        return f"<Message {self.key_id}>"

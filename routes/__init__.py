@@ -1,0 +1,44 @@
+"""Blueprints, one per resource, and the JSON body rules they share."""
+
+import json
+
+from flask import Flask, abort, request
+
+
+def register_blueprints(app: Flask) -> None:
+    from routes import instances, messages, status
+
+    app.register_blueprint(status.bp)
+    app.register_blueprint(instances.bp)
+    app.register_blueprint(messages.bp)
+
+
+JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_body(required: bool) -> dict:
+    """Return the request's JSON object; an empty body is no body.
+
+    The body limit (413) applies when the data is read; then a non-JSON content type is 415,
+    and malformed JSON or JSON that is not an object is 400.
+    """
+    data = request.get_data(cache=True)
+    if not data.strip():
+        if required:
+            abort(400, "A JSON object body is required.")
+        return {}
+    if not request.is_json:
+        abort(415, f'Send the body as JSON with "Content-Type: application/json", not "{request.mimetype}".')
+    try:
+        body = json.loads(data, parse_constant=reject_constant)
+    except ValueError as error:
+        abort(400, f"The body is not valid JSON: {error}.")
+    except RecursionError:
+        abort(400, "The body is not valid JSON: it is nested too deeply.")
+    if not isinstance(body, dict):
+        abort(400, f"The body must be a JSON object, not {JSON_TYPE_NAMES.get(type(body), 'null')}.")
+    return body
