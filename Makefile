@@ -1,0 +1,25 @@
+# `make run` starts evogate on SQLite; `make test` runs the whole test suite.
+# Both create the virtual environment in .venv and install requirements.txt when needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run dev test
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+run: $(VENV)/.installed
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+dev: $(VENV)/.installed
+	$(BIN)/flask --app wsgi run --debug --port $${SERVER_PORT:-8080}
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest

@@ -1,0 +1,107 @@
+"""Start real gunicorn servers for tests, exactly as users do, and talk HTTP to them."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LOG_DIRECTORY = REPO / "test-logs"
+# Variables of the developer's shell that would change the server under test.
+CLEARED_PREFIXES = ("AUTHENTICATION_", "DATABASE_", "SERVER_", "SSL_", "CORS_", "WEBHOOK_", "LOG_", "WEB_CONCURRENCY")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def server_environment(overrides: dict[str, str]) -> dict[str, str]:
+    environment = {name: value for name, value in os.environ.items() if not name.startswith(CLEARED_PREFIXES)}
+    environment.update(overrides)
+    return environment
+
+
+class Gunicorn:
+    """A gunicorn process started from the repository root with `gunicorn.conf.py`."""
+
+    def __init__(self, environment: dict[str, str], workers: int = 2, name: str = "gunicorn"):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        LOG_DIRECTORY.mkdir(exist_ok=True)
+        self.log_path = LOG_DIRECTORY / f"{name}-{self.port}.log"
+        self.command = [
+            sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app",
+            "--bind", f"127.0.0.1:{self.port}", "--workers", str(workers),
+        ]
+        self.environment = server_environment(environment)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "Gunicorn":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.command, cwd=REPO, env=self.environment, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.request("GET", "/health/live")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not answer within {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        os.killpg(self.process.pid, sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def request(self, method: str, path: str, key: str | None = None, body=None, headers=None,
+                timeout: float = 30) -> tuple[int, dict, object]:
+        """Send one request; return the status, the headers and the decoded JSON body."""
+        return http_request(self.base_url, method, path, key, body, headers, timeout)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+def http_request(base_url: str, method: str, path: str, key: str | None = None, body=None, headers=None,
+                 timeout: float = 30) -> tuple[int, dict, object]:
+    all_headers = dict(headers or {})
+    data = None
+    if key is not None:
+        all_headers["apikey"] = key
+    if body is not None:
+        data = json.dumps(body).encode()
+        all_headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(base_url + path, data=data, method=method, headers=all_headers)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as reply:
+            status, reply_headers, raw = reply.status, dict(reply.headers), reply.read()
+    except urllib.error.HTTPError as error:
+        status, reply_headers, raw = error.code, dict(error.headers), error.read()
+    return status, reply_headers, json.loads(raw) if raw else None
