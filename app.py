@@ -9,6 +9,7 @@ from flask_cors import CORS
 
 import auth
 import database
+import delivery
 import errors
 import globalkey
 import requestid
@@ -34,6 +35,7 @@ def create_app(config: Mapping[str, str] | None = None, instance_path: str | Non
     errors.init_app(app)
     requestid.init_app(app)
     app.before_request(auth.guard)
+    delivery.init_app(app)
     init_cors(app)
     register_blueprints(app)
     return app

@@ -67,9 +67,40 @@ def load_settings(environ: Mapping[str, str]) -> dict[str, Any]:
             if name.startswith("AUTHENTICATION_") and name not in KNOWN_AUTHENTICATION_VARIABLES
         ),
         "MAX_CONTENT_LENGTH": MAX_BODY_BYTES,
+        **load_webhook_settings(environ),
     }
     if settings["SERVER_TYPE"] == "https":
         check_certificates(settings)
+    return settings
+
+
+def load_webhook_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    settings = {
+        "WEBHOOK_GLOBAL_ENABLED": parse_boolean(environ, "WEBHOOK_GLOBAL_ENABLED", False),
+        "WEBHOOK_GLOBAL_URL": environ.get("WEBHOOK_GLOBAL_URL", "").strip() or None,
+        "WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS": parse_boolean(environ, "WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS", False),
+        "WEBHOOK_GLOBAL_SECRET": environ.get("WEBHOOK_GLOBAL_SECRET", "").strip() or None,
+        "WEBHOOK_BLOCK_PRIVATE_NETWORKS": parse_boolean(environ, "WEBHOOK_BLOCK_PRIVATE_NETWORKS", False),
+        "WEBHOOK_CA_BUNDLE": environ.get("WEBHOOK_CA_BUNDLE", "").strip() or None,
+        "WEBHOOK_RETRY_MAX_ATTEMPTS": parse_integer(environ, "WEBHOOK_RETRY_MAX_ATTEMPTS", 10, 1, 100),
+        "WEBHOOK_RETRY_INITIAL_DELAY_SECONDS": parse_seconds(environ, "WEBHOOK_RETRY_INITIAL_DELAY_SECONDS", 5),
+        "WEBHOOK_RETRY_MAX_DELAY_SECONDS": parse_seconds(environ, "WEBHOOK_RETRY_MAX_DELAY_SECONDS", 300),
+        "WEBHOOK_REQUEST_TIMEOUT_MS": parse_integer(environ, "WEBHOOK_REQUEST_TIMEOUT_MS", 30_000, 100, 600_000),
+        # How often an idle delivery worker looks for due events; not an Evolution variable.
+        "WEBHOOK_POLL_INTERVAL_SECONDS": parse_seconds(environ, "WEBHOOK_POLL_INTERVAL_SECONDS", 0.25),
+        "WEBHOOK_DELIVERY_WORKER": True,
+    }
+    if settings["WEBHOOK_GLOBAL_ENABLED"]:
+        url = settings["WEBHOOK_GLOBAL_URL"] or ""
+        if not url.lower().startswith(("http://", "https://")):
+            raise ConfigError("WEBHOOK_GLOBAL_ENABLED=true needs WEBHOOK_GLOBAL_URL, an http:// or https:// URL")
+        if not settings["WEBHOOK_GLOBAL_SECRET"]:
+            raise ConfigError(
+                "WEBHOOK_GLOBAL_ENABLED=true needs WEBHOOK_GLOBAL_SECRET to sign deliveries; "
+                "set a random string (openssl rand -hex 32)"
+            )
+    if settings["WEBHOOK_CA_BUNDLE"] and not os.access(settings["WEBHOOK_CA_BUNDLE"], os.R_OK):
+        raise ConfigError(f"WEBHOOK_CA_BUNDLE={settings['WEBHOOK_CA_BUNDLE']!r} cannot be read; fix the path")
     return settings
 
 
@@ -116,6 +147,20 @@ def parse_integer(environ: Mapping[str, str], name: str, default: int, minimum: 
         raise ConfigError(f"{name}={raw!r} is not a whole number; use a number from {minimum} to {maximum}") from None
     if not minimum <= value <= maximum:
         raise ConfigError(f"{name}={value} is out of range; use a number from {minimum} to {maximum}")
+    return value
+
+
+def parse_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Parse a duration in seconds; decimals are allowed so tests can use fractions."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds; use a value such as 5 or 0.25") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} is out of range; use a finite number of seconds, 0 or more")
     return value
 
 

@@ -36,3 +36,10 @@ access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-requ
 if settings["SERVER_TYPE"] == "https":
     certfile = settings["SSL_CONF_FULLCHAIN"]
     keyfile = settings["SSL_CONF_PRIVKEY"]
+
+
+def post_worker_init(worker):
+    """Start the webhook delivery worker in each gunicorn worker as soon as it has booted."""
+    import delivery
+
+    delivery.ensure_started(worker.wsgi)

@@ -12,7 +12,9 @@ from sqlalchemy.exc import IntegrityError
 
 from auth import Principal, generate_token, is_global_key, token_digest
 from errors import ApiError
+from events import CONNECTION_UPDATE, INSTANCE_CREATE, INSTANCE_DELETE, LOGOUT_INSTANCE, emit
 from models import CLOSE, EVOLUTION, OPEN, Instance, db
+from webhooks import apply_webhook
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +60,20 @@ def create_instance(data: dict) -> tuple[Instance, str]:
             setattr(instance, column, data[field])
     db.session.add(instance)
     try:
-        db.session.commit()
+        db.session.flush()
     except IntegrityError:
         db.session.rollback()
         raise_conflict(instance.name, instance.token_digest)
+    if data["webhook"] is not None:
+        apply_webhook(instance, data["webhook"])
+    emit(instance, INSTANCE_CREATE, instance_identity(instance))
+    db.session.commit()
     logger.info("Instance created: name=%s id=%s", instance.name, instance.public_id)
     return instance, token
+
+
+def instance_identity(instance: Instance) -> dict:
+    return {"instanceName": instance.name, "instanceId": instance.public_id}
 
 
 def raise_conflict(name: str, digest: str) -> None:
@@ -114,18 +124,24 @@ def find_instances(principal: Principal, name: str, public_id: str, expose: bool
     return found
 
 
-def set_connection_status(instance: Instance, status: str) -> bool:
-    """Change the instance's state; return False when it already was in that state."""
+def set_connection_status(instance: Instance, status: str, extra_event: str | None = None) -> bool:
+    """Change the instance's state; return False when it already was in that state.
+
+    A change emits CONNECTION_UPDATE (and `extra_event`, if given) in the same transaction.
+    """
     if instance.connection_status == status:
         return False
     previous, instance.connection_status = instance.connection_status, status
+    if extra_event:
+        emit(instance, extra_event, instance_identity(instance))
+    emit(instance, CONNECTION_UPDATE, {"instance": instance.name, "state": status})
     db.session.commit()
     logger.info("Instance state changed: name=%s from=%s to=%s", instance.name, previous, status)
     return True
 
 
 def logout(instance: Instance) -> bool:
-    return set_connection_status(instance, CLOSE)
+    return set_connection_status(instance, CLOSE, extra_event=LOGOUT_INSTANCE)
 
 
 def connect(instance: Instance) -> None:
@@ -133,7 +149,12 @@ def connect(instance: Instance) -> None:
 
 
 def delete_instance(instance: Instance) -> None:
-    """Delete the instance and, through the foreign key's cascade, everything it owns."""
+    """Delete the instance and, through the foreign key's cascade, everything it owns.
+
+    INSTANCE_DELETE is queued first, with the receivers configured at this moment; queued
+    deliveries do not refer to the instance, so they are still made.
+    """
+    emit(instance, INSTANCE_DELETE, instance_identity(instance))
     db.session.delete(instance)
     db.session.commit()
     logger.info("Instance deleted: name=%s id=%s", instance.name, instance.public_id)

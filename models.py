@@ -1,4 +1,4 @@
-"""Database models: instances and their messages.
+"""Database models: instances, their messages and webhooks, and the event outbox.
 
 `db` is created unbound here and bound to the app in `create_app`, so nothing imports the app.
 """
@@ -8,7 +8,20 @@ import uuid
 from datetime import datetime, timezone
 
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # Stable constraint names, so migrations can refer to them on every database.
@@ -29,7 +42,7 @@ db = SQLAlchemy(model_class=Base)
 
 OPEN, CLOSE, CONNECTING = "open", "close", "connecting"
 EVOLUTION = "EVOLUTION"
-PENDING = "PENDING"
+PENDING, SERVER_ACK, ERROR, DELIVERY_ACK = "PENDING", "SERVER_ACK", "ERROR", "DELIVERY_ACK"
 INSTANCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 INSTANCE_NAME_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
 
@@ -74,6 +87,9 @@ class Instance(db.Model):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
 
     messages: Mapped[list["Message"]] = relationship(
+        back_populates="instance", cascade="all, delete-orphan", passive_deletes=True
+    )
+    webhook: Mapped["Webhook | None"] = relationship(
         back_populates="instance", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -121,3 +137,74 @@ class Message(db.Model):
 
     def __repr__(self) -> str:
         return f"<Message {self.key_id}>"
+
+
+class Webhook(db.Model):
+    """An instance's webhook receiver: where its events are delivered and how they are signed."""
+
+    __tablename__ = "webhooks"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
+    instance_pk: Mapped[int] = mapped_column(ForeignKey("instances.pk", ondelete="CASCADE"), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean)
+    url: Mapped[str | None] = mapped_column(Text)
+    events: Mapped[list] = mapped_column(JSON, default=list)
+    by_events: Mapped[bool] = mapped_column(Boolean, default=False)
+    base64: Mapped[bool] = mapped_column(Boolean, default=False)
+    headers: Mapped[dict] = mapped_column(JSON, default=dict)
+    secret: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now, onupdate=utc_now)
+
+    instance: Mapped[Instance] = relationship(back_populates="webhook")
+
+    def wants(self, event_name: str) -> bool:
+        return self.enabled and bool(self.url) and (not self.events or event_name in self.events)
+
+
+class Event(db.Model):
+    """One delivery in the outbox: an event for one receiver, fixed when it was written.
+
+    Nothing here refers to the instance by foreign key, so deliveries queued before an
+    instance is deleted are still made.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_pending", "status", "queue", "due_at", "pk"),)
+
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    public_id: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
+    # Deliveries of one queue are made one at a time, in order: one queue per receiver.
+    queue: Mapped[str] = mapped_column(String(80))
+    name: Mapped[str] = mapped_column(String(40))
+    instance_name: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    headers: Mapped[dict] = mapped_column(JSON, default=dict)
+    secret: Mapped[str] = mapped_column(String(256))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    # The outgoing message whose status this delivery decides, for the instance receiver only.
+    message_pk: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeliveryAttempt(db.Model):
+    """The outcome of one attempt to deliver an event."""
+
+    __tablename__ = "delivery_attempts"
+
+    pk: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    event_pk: Mapped[int] = mapped_column(ForeignKey("events.pk", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    attempted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,90 +1,29 @@
 """Marshmallow schemas: request bodies (load) and answers (dump), with Evolution's field names."""
 
-import re
-from datetime import datetime, timezone
-
-from marshmallow import EXCLUDE, Schema, ValidationError, fields, pre_load, validate, validates
+from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates
 
 from models import EVOLUTION, INSTANCE_NAME_RULE, is_valid_instance_name
+from schema_fields import (
+    PHONE_DIGITS,
+    BodySchema,
+    Recipient,
+    StrictBoolean,
+    StrictInteger,
+    check_custom_token,
+    check_storable,
+    check_text,
+    iso_timestamp,
+)
+from webhook_schemas import CreateWebhookSchema
 
-TEXT_MAX_LENGTH = 4096
 MAX_DELAY_MS = 300_000
 PRESENCES = ("available", "unavailable", "composing", "recording", "paused")
 # Request fields that configure features evogate does not implement; refused unless inert.
-UNSUPPORTED_OBJECTS = ("websocket", "rabbitmq", "nats", "sqs", "kafka", "pusher", "webhook")
-UNSUPPORTED_PREFIXES = ("proxy", "chatwoot", "webhook")
+UNSUPPORTED_OBJECTS = ("websocket", "rabbitmq", "nats", "sqs", "kafka", "pusher")
+# Evolution 1.x's flat webhook fields (webhookUrl, webhook_by_events, ...): use the object.
+UNSUPPORTED_PREFIXES = ("proxy", "chatwoot", "webhook_", "webhookurl", "webhookbyevents", "webhookbase64",
+                        "webhookevents", "webhookheaders")
 INERT_VALUES = (None, "", False, {}, {"enabled": False})
-
-CUSTOM_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{16,128}")
-PHONE_SEPARATORS = re.compile(r"[\s().-]")
-PHONE_DIGITS = re.compile(r"\d{8,15}")
-USER_JID = re.compile(r"\d{8,15}@s\.whatsapp\.net")
-GROUP_JID = re.compile(r"\d{1,60}(-\d{1,60})?@g\.us")
-
-
-class StrictBoolean(fields.Boolean):
-    """A JSON boolean only: `1`, `"true"` and `"yes"` are type errors, not booleans."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, bool):
-            raise ValidationError("Must be true or false.")
-        return value
-
-
-class StrictInteger(fields.Integer):
-    """A JSON integer only: booleans, decimals and numeric strings are type errors."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValidationError("Must be a whole number.")
-        return super()._deserialize(value, attr, data, **kwargs)
-
-
-class Recipient(fields.String):
-    """A phone number or JID, loaded as the JID it addresses."""
-
-    def _deserialize(self, value, attr, data, **kwargs):
-        return normalise_number(super()._deserialize(value, attr, data, **kwargs))
-
-
-def normalise_number(value: str) -> str:
-    """Return the JID for a phone number or JID, without ever adding or removing digits."""
-    if USER_JID.fullmatch(value) or GROUP_JID.fullmatch(value):
-        return value
-    digits = PHONE_SEPARATORS.sub("", value.removeprefix("+"))
-    if not PHONE_DIGITS.fullmatch(digits):
-        raise ValidationError(
-            f'Invalid number "{value}": use 8 to 15 digits (with an optional +, spaces, dashes, '
-            "dots or parentheses), or a JID ending in @s.whatsapp.net or @g.us."
-        )
-    return f"{digits}@s.whatsapp.net"
-
-
-def check_text(value: str) -> None:
-    if not value.strip():
-        raise ValidationError("Must contain something other than white space.")
-    check_storable(value)
-
-
-def check_storable(value: str) -> None:
-    """Reject what no database column can hold: over-long text, NUL and lone surrogates."""
-    if len(value) > TEXT_MAX_LENGTH:
-        raise ValidationError(f"Is {len(value)} characters long; the maximum is {TEXT_MAX_LENGTH}.")
-    if "\x00" in value:
-        raise ValidationError("Must not contain a NUL character.")
-    if any("\ud800" <= character <= "\udfff" for character in value):
-        raise ValidationError("Must not contain an unpaired UTF-16 surrogate.")
-
-
-def check_custom_token(value: str) -> None:
-    # The message never repeats the value: it may be a real credential.
-    if not CUSTOM_TOKEN_PATTERN.fullmatch(value):
-        raise ValidationError("A custom token must be 16 to 128 printable ASCII characters without white space.")
-
-
-class BodySchema(Schema):
-    class Meta:
-        unknown = EXCLUDE  # Evolution SDKs send fields evogate does not use.
 
 
 class TokenBodySchema(BodySchema):
@@ -108,6 +47,7 @@ class InstanceCreateSchema(TokenBodySchema):
     readMessages = StrictBoolean(allow_none=True, load_default=None)
     readStatus = StrictBoolean(allow_none=True, load_default=None)
     syncFullHistory = StrictBoolean(allow_none=True, load_default=None)
+    webhook = fields.Nested(CreateWebhookSchema, allow_none=True, load_default=None)
 
     @pre_load
     def reject_unsupported_features(self, data, **kwargs):
@@ -120,6 +60,8 @@ class InstanceCreateSchema(TokenBodySchema):
         }
         if errors:
             raise ValidationError(errors)
+        if data.get("webhook") in ("", False, {}):
+            data = {**data, "webhook": None}  # an empty webhook object configures nothing
         return data
 
     @validates("instanceName")
@@ -218,11 +160,47 @@ class MessageSchema(Schema):
     instanceId = fields.Function(lambda message: message.instance.public_id)
 
 
-def iso_timestamp(moment: datetime) -> str:
-    """Format a datetime as ISO 8601 UTC with milliseconds, as Evolution does."""
-    if moment.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+class MessageRecordSchema(MessageSchema):
+    """A stored message as findMessages lists it and the inbound webhook answers it."""
+
+    id = fields.Function(lambda message: str(message.pk))
+    pushName = fields.String(attribute="push_name", allow_none=True)
+
+
+class InboundKeySchema(BodySchema):
+    remoteJid = Recipient(required=True)
+    id = fields.String(required=True, validate=[validate.Length(min=1, max=128), check_storable])
+
+
+class InboundContentSchema(BodySchema):
+    conversation = fields.String(required=True, validate=check_text)
+
+
+class InboundMessageSchema(BodySchema):
+    """A message received by the instance's channel, posted to /webhook/evolution."""
+
+    key = fields.Nested(InboundKeySchema, required=True)
+    pushName = fields.String(allow_none=True, load_default=None, validate=[validate.Length(max=256), check_storable])
+    message = fields.Nested(InboundContentSchema, required=True)
+    messageTimestamp = StrictInteger(allow_none=True, load_default=None, validate=validate.Range(min=0, max=2**53))
+
+
+class MessageKeyFilterSchema(BodySchema):
+    remoteJid = Recipient(allow_none=True, load_default=None)
+    id = fields.String(allow_none=True, load_default=None, validate=[validate.Length(min=1, max=128), check_storable])
+    fromMe = StrictBoolean(allow_none=True, load_default=None)
+
+
+class MessageWhereSchema(BodySchema):
+    key = fields.Nested(MessageKeyFilterSchema, allow_none=True, load_default=None)
+
+
+class FindMessagesSchema(BodySchema):
+    """The findMessages body; `offset` is the page size, as in Evolution."""
+
+    where = fields.Nested(MessageWhereSchema, allow_none=True, load_default=None)
+    page = StrictInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    offset = StrictInteger(load_default=50, validate=validate.Range(min=1, max=1000))
 
 
 instance_create_schema = InstanceCreateSchema()
@@ -234,3 +212,7 @@ instance_summary_schema = InstanceSummarySchema()
 instance_schema = InstanceSchema()
 instances_schema = InstanceSchema(many=True)
 message_schema = MessageSchema()
+message_record_schema = MessageRecordSchema()
+message_records_schema = MessageRecordSchema(many=True)
+inbound_message_schema = InboundMessageSchema()
+find_messages_schema = FindMessagesSchema()

@@ -17,7 +17,7 @@ from sqlalchemy import delete
 
 from app import create_app
 from database import upgrade_schema
-from models import Instance, Message, db
+from models import DeliveryAttempt, Event, Instance, Message, Webhook, db
 from tests.server import Gunicorn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,6 +94,8 @@ def app_settings(database_url: str, **overrides: str) -> dict[str, str]:
 def session_app(backend, databases, tmp_path_factory):
     app = create_app(app_settings(databases.create(backend)), instance_path=str(tmp_path_factory.mktemp("instance")))
     upgrade_schema(app)
+    # Deliveries are tested through gunicorn; the test client's process delivers nothing.
+    app.config["WEBHOOK_DELIVERY_WORKER"] = False
     yield app
     with app.app_context():
         db.engine.dispose()
@@ -105,6 +107,9 @@ def app(session_app):
     yield session_app
     with session_app.app_context():
         db.session.rollback()
+        db.session.execute(delete(DeliveryAttempt))
+        db.session.execute(delete(Event))
+        db.session.execute(delete(Webhook))
         db.session.execute(delete(Message))
         db.session.execute(delete(Instance))
         db.session.commit()

@@ -1,0 +1,293 @@
+"""The outbox worker: claim due events, sign and post them, record each attempt, retry or give up.
+
+Each server process that should deliver runs one `DeliveryWorker` thread with a small pool of
+sender threads. Only the oldest pending event of a queue (one queue per receiver and instance)
+can be claimed, so a queue's events arrive in order while a slow receiver holds up nothing
+but its own queue. A claim is a lease: when a process dies mid-delivery, the lease runs out
+and another process makes the delivery again, with the same `X-Webhook-Id`.
+"""
+
+import hashlib
+import hmac
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from urllib.parse import unquote, urlsplit
+
+import requests
+from flask import Flask, current_app
+from sqlalchemy import and_, exists, or_, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import aliased
+
+import database
+from config import VERSION
+from events import MESSAGES_UPDATE, emit, without_credentials
+from models import ERROR, PENDING, SERVER_ACK, DeliveryAttempt, Event, Message, db, utc_now
+from webhooks import BlockedDestination, check_destination
+
+logger = logging.getLogger(__name__)
+
+PENDING_EVENT, DELIVERED, FAILED = "pending", "delivered", "failed"
+SENDER_THREADS = 8
+# A lease outlives the request timeout by this much before another process may retry.
+LEASE_MARGIN_SECONDS = 5
+RETRYABLE_STATUSES = {408, 429}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a sender thread needs to make one attempt, copied out of the claiming transaction."""
+
+    pk: int
+    public_id: str
+    name: str
+    instance_name: str
+    url: str
+    headers: dict
+    secret: str
+    body: bytes
+    attempt: int
+    lease_token: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    delivered: bool
+    retryable: bool
+    status_code: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """Return the `X-Webhook-Signature` value: HMAC-SHA256 over `TIMESTAMP.BODY`."""
+    digest = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
+    return "v1=" + digest.hexdigest()
+
+
+def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
+    """Lease up to `limit` due events, each the oldest pending event of its queue."""
+    now = utc_now()
+    earlier = aliased(Event)
+    has_earlier = exists().where(
+        earlier.queue == Event.queue,
+        earlier.status == PENDING_EVENT,
+        or_(earlier.due_at < Event.due_at, and_(earlier.due_at == Event.due_at, earlier.pk < Event.pk)),
+    )
+    query = (
+        select(Event)
+        .where(Event.status == PENDING_EVENT, Event.next_attempt_at <= now, ~has_earlier)
+        .where(or_(Event.lease_until.is_(None), Event.lease_until <= now))
+        .order_by(Event.due_at, Event.pk)
+        .limit(limit)
+    )
+    database.begin_write()
+    if db.engine.dialect.name == "postgresql":
+        # Two processes claiming at once skip each other's rows instead of waiting on them.
+        query = query.with_for_update(skip_locked=True, of=Event)
+    token = str(uuid.uuid4())
+    claims = []
+    for event in db.session.scalars(query):
+        event.attempts += 1
+        event.lease_until = now + timedelta(seconds=lease_seconds)
+        event.lease_token = token
+        claims.append(Claim(
+            pk=event.pk, public_id=event.public_id, name=event.name, instance_name=event.instance_name,
+            url=event.url, headers=dict(event.headers or {}), secret=event.secret, body=bytes(event.body),
+            attempt=event.attempts, lease_token=token,
+        ))
+    db.session.commit()
+    return claims
+
+
+def attempt_delivery(claim: Claim, config: dict) -> Outcome:
+    """Post the event once; never follows redirects."""
+    if config["WEBHOOK_BLOCK_PRIVATE_NETWORKS"]:
+        try:
+            check_destination(claim.url)
+        except BlockedDestination as error:
+            return Outcome(delivered=False, retryable=False, error=str(error))
+    parts = urlsplit(claim.url)
+    auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
+    timestamp = str(int(time.time()))
+    headers = {
+        **claim.headers,
+        "Content-Type": "application/json",
+        "User-Agent": f"evogate/{VERSION}",
+        "X-Webhook-Id": claim.public_id,
+        "X-Webhook-Timestamp": timestamp,
+        "X-Webhook-Signature": sign(claim.secret, timestamp, claim.body),
+    }
+    try:
+        response = requests.post(
+            without_credentials(claim.url), data=claim.body, headers=headers, auth=auth,
+            timeout=config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000, allow_redirects=False,
+            verify=config["WEBHOOK_CA_BUNDLE"] or True,
+        )
+    except requests.Timeout:
+        return Outcome(delivered=False, retryable=True, error="the receiver timed out")
+    except requests.RequestException as error:
+        # The class name only: messages can carry the URL, and URLs can carry secrets.
+        return Outcome(delivered=False, retryable=True, error=f"connection failed ({type(error).__name__})")
+    status = response.status_code
+    response.close()
+    if 200 <= status < 300:
+        return Outcome(delivered=True, retryable=False, status_code=status)
+    return Outcome(
+        delivered=False,
+        retryable=status >= 500 or status in RETRYABLE_STATUSES,
+        status_code=status,
+        error=f"the receiver answered {status}",
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Return the seconds a `Retry-After` header asks for (delta seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+
+
+def retry_delay(attempts: int, retry_after: float | None, config: dict) -> float:
+    """Exponential back-off with jitter, at least what the receiver asked for, at most the maximum."""
+    ceiling = config["WEBHOOK_RETRY_MAX_DELAY_SECONDS"]
+    delay = min(ceiling, config["WEBHOOK_RETRY_INITIAL_DELAY_SECONDS"] * 2 ** (attempts - 1))
+    delay = delay / 2 + random.uniform(0, delay / 2)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, ceiling))
+    return delay
+
+
+def record_outcome(claim: Claim, outcome: Outcome) -> None:
+    """Store the attempt and the event's next state, and settle the message it carried."""
+    config = current_app.config
+    database.begin_write()
+    event = db.session.get(Event, claim.pk)
+    if event is None or event.lease_token != claim.lease_token:
+        logger.warning("Delivery %s finished after its lease ran out; another attempt owns it", claim.public_id)
+        db.session.rollback()
+        return
+    now = utc_now()
+    attempt = DeliveryAttempt(event_pk=event.pk, number=claim.attempt, attempted_at=now,
+                              status_code=outcome.status_code, error=outcome.error)
+    event.lease_until = event.lease_token = None
+    event.last_error = outcome.error
+    if outcome.delivered:
+        event.status, event.finished_at = DELIVERED, now
+        settle_message(event.message_pk, SERVER_ACK)
+    elif outcome.retryable and event.attempts < config["WEBHOOK_RETRY_MAX_ATTEMPTS"]:
+        event.next_attempt_at = now + timedelta(seconds=retry_delay(event.attempts, outcome.retry_after, config))
+        attempt.next_attempt_at = event.next_attempt_at
+        logger.info("Delivery %s of %s failed (%s); attempt %d of %d is due at %s", claim.public_id,
+                    claim.name, outcome.error, event.attempts + 1, config["WEBHOOK_RETRY_MAX_ATTEMPTS"],
+                    event.next_attempt_at.isoformat())
+    else:
+        event.status, event.finished_at = FAILED, now
+        settle_message(event.message_pk, ERROR)
+        logger.warning("Delivery %s of %s for instance %s failed for good after %d attempts: %s",
+                       claim.public_id, claim.name, claim.instance_name, event.attempts, outcome.error)
+    db.session.add(attempt)
+    db.session.commit()
+
+
+def settle_message(message_pk: int | None, status: str) -> None:
+    """Move a pending outgoing message to its final status and emit MESSAGES_UPDATE."""
+    if message_pk is None:
+        return
+    message = db.session.get(Message, message_pk)
+    if message is None or message.status != PENDING:
+        return  # deleted with its instance, or already settled
+    message.status = status
+    emit(message.instance, MESSAGES_UPDATE, {
+        "keyId": message.key_id, "remoteJid": message.remote_jid, "fromMe": message.from_me,
+        "status": status, "instanceId": message.instance.public_id,
+    })
+
+
+class DeliveryWorker:
+    """Claims due events in a loop and hands them to a pool of sender threads."""
+
+    def __init__(self, app: Flask):
+        self.app = app
+        self.pool = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="evogate-delivery")
+        self.in_flight = 0
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        config = self.app.config
+        lease_seconds = config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000 + LEASE_MARGIN_SECONDS
+        while True:
+            with self.lock:
+                free = SENDER_THREADS - self.in_flight
+            claims = self.claim(free, lease_seconds) if free > 0 else []
+            for claim in claims:
+                with self.lock:
+                    self.in_flight += 1
+                self.pool.submit(self.process, claim)
+            if not claims:
+                time.sleep(config["WEBHOOK_POLL_INTERVAL_SECONDS"])
+
+    def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
+        with self.app.app_context():
+            try:
+                return claim_due_events(limit, lease_seconds)
+            except SQLAlchemyError:
+                logger.warning("Claiming due webhook deliveries failed; trying again", exc_info=True)
+                db.session.rollback()
+                time.sleep(1)
+                return []
+
+    def process(self, claim: Claim) -> None:
+        try:
+            outcome = attempt_delivery(claim, self.app.config)
+            with self.app.app_context():
+                record_outcome(claim, outcome)
+        except Exception:  # noqa: BLE001 - the lease expires and the delivery is made again
+            logger.exception("Recording delivery %s failed; it will be retried when its lease ends", claim.public_id)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+
+_started_in_pid: int | None = None
+_start_lock = threading.Lock()
+
+
+def ensure_started(app: Flask) -> None:
+    """Start this process's delivery worker once; forked processes start their own."""
+    global _started_in_pid
+    if _started_in_pid == os.getpid() or not app.config["WEBHOOK_DELIVERY_WORKER"]:
+        return
+    with _start_lock:
+        if _started_in_pid == os.getpid():
+            return
+        worker = DeliveryWorker(app)
+        threading.Thread(target=worker.run, name="evogate-outbox", daemon=True).start()
+        _started_in_pid = os.getpid()
+        logger.info("Webhook delivery worker started in process %d", _started_in_pid)
+
+
+def init_app(app: Flask) -> None:
+    """Start the worker on a process's first request, where no server hook started it."""
+
+    @app.before_request
+    def start_delivery_worker():
+        ensure_started(app)
