@@ -19,7 +19,7 @@ run: $(VENV)/.installed
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
 dev: $(VENV)/.installed
-	$(BIN)/flask --app wsgi run --debug --port $${SERVER_PORT:-8080}
+	$(BIN)/python devserver.py
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

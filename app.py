@@ -4,8 +4,9 @@ import logging
 import sys
 from collections.abc import Mapping
 
-from flask import Flask
+from flask import Flask, Response
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 import auth
 import database
@@ -13,6 +14,7 @@ import delivery
 import errors
 import globalkey
 import requestid
+import throttle
 from config import load_settings, read_environment
 from routes import register_blueprints
 
@@ -31,11 +33,14 @@ def create_app(config: Mapping[str, str] | None = None, instance_path: str | Non
         app.config["AUTHENTICATION_API_KEY"] = globalkey.load_or_create(app.instance_path)
     warn_about_unknown_variables(app)
 
+    trust_proxies(app)
     database.init_app(app)
     errors.init_app(app)
     requestid.init_app(app)
+    throttle.init_app(app)
     app.before_request(auth.guard)
     delivery.init_app(app)
+    app.after_request(add_security_headers)
     init_cors(app)
     register_blueprints(app)
     return app
@@ -55,6 +60,22 @@ def configure_logging(level: str) -> None:
 def warn_about_unknown_variables(app: Flask) -> None:
     for name in app.config["UNKNOWN_AUTHENTICATION_VARIABLES"]:
         logger.warning("%s is not a setting evogate knows; check its spelling", name)
+
+
+def trust_proxies(app: Flask) -> None:
+    """Take the client address, scheme, host and prefix from the proxies in front, if any.
+
+    Only the last TRUSTED_PROXY_COUNT hops of each X-Forwarded-* header are believed, so a
+    client cannot forge its address by sending the header itself.
+    """
+    count = app.config["TRUSTED_PROXY_COUNT"]
+    if count:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count, x_prefix=count)
+
+
+def add_security_headers(response: Response) -> Response:
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def init_cors(app: Flask) -> None:

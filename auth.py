@@ -8,6 +8,8 @@ import hashlib
 import hmac
 import logging
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
 from flask import abort, current_app, g, request
@@ -20,6 +22,34 @@ logger = logging.getLogger(__name__)
 
 PUBLIC, GLOBAL_ONLY, ANY_PRINCIPAL, INSTANCE_PATH = "public", "global", "any", "instance"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+PREVIOUS_KEY_LOG_INTERVAL_SECONDS = 60
+
+
+class PreviousKeyUsage:
+    """Counts uses of AUTHENTICATION_API_KEY_PREVIOUS in this process and logs them once a minute."""
+
+    def __init__(self):
+        self.count = 0
+        self.count_at_last_log = 0
+        self.last_logged = float("-inf")
+        self.lock = threading.Lock()
+
+    def record(self) -> None:
+        with self.lock:
+            self.count += 1
+            now = time.monotonic()
+            if now - self.last_logged < PREVIOUS_KEY_LOG_INTERVAL_SECONDS:
+                return
+            new_uses = self.count - self.count_at_last_log
+            self.last_logged, self.count_at_last_log = now, self.count
+        logger.warning(
+            "The previous global key (AUTHENTICATION_API_KEY_PREVIOUS) was used %d times since the last "
+            "report, %d in all by this process; move its clients to AUTHENTICATION_API_KEY, then unset it",
+            new_uses, self.count,
+        )
+
+
+previous_key_usage = PreviousKeyUsage()
 
 
 @dataclass(frozen=True)
@@ -61,8 +91,27 @@ def token_digest(token: str) -> str:
 
 
 def is_global_key(key: str) -> bool:
-    expected = current_app.config["AUTHENTICATION_API_KEY"].encode("utf-8")
-    return hmac.compare_digest(key.encode("utf-8", "surrogatepass"), expected)
+    """Return whether the key is the current or, during a rotation, the previous global key."""
+    return matches_setting(key, "AUTHENTICATION_API_KEY") or matches_previous_key(key)
+
+
+def is_reserved_key(token: str) -> bool:
+    """Return whether a proposed instance token equals a global key, current or previous."""
+    return matches_setting(token, "AUTHENTICATION_API_KEY") or matches_setting(token, "AUTHENTICATION_API_KEY_PREVIOUS")
+
+
+def matches_setting(key: str, setting: str) -> bool:
+    expected = current_app.config[setting]
+    if not expected:
+        return False
+    return hmac.compare_digest(key.encode("utf-8", "surrogatepass"), expected.encode("utf-8"))
+
+
+def matches_previous_key(key: str) -> bool:
+    if not matches_setting(key, "AUTHENTICATION_API_KEY_PREVIOUS"):
+        return False
+    previous_key_usage.record()
+    return True
 
 
 def resolve(key: str) -> Principal | None:

@@ -6,11 +6,11 @@ an existing Evolution `.env` mostly carries over. Anything that cannot run safel
 """
 
 import os
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from dotenv import dotenv_values
+from limits import parse as parse_limit
 
 VERSION = "0.1.0"
 MIN_KEY_LENGTH = 32
@@ -26,10 +26,8 @@ TRUE_WORDS = {"true", "1", "yes"}
 FALSE_WORDS = {"false", "0", "no"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 SERVER_TYPES = ("http", "https")
-RATE_LIMIT_PATTERN = re.compile(
-    r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day)s?\s*$", re.IGNORECASE
-)
 MAX_BODY_BYTES = 1024 * 1024
+STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
 
 
 class ConfigError(Exception):
@@ -50,7 +48,10 @@ def load_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES": parse_boolean(
             environ, "AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES", True
         ),
+        "AUTHENTICATION_API_KEY_PREVIOUS": parse_global_key(environ, "AUTHENTICATION_API_KEY_PREVIOUS"),
         "AUTHENTICATION_FAILURE_LIMIT": parse_rate_limit(environ, "AUTHENTICATION_FAILURE_LIMIT", "20/minute"),
+        "RATELIMIT_STORAGE_URI": parse_storage_uri(environ.get("RATELIMIT_STORAGE_URI", "")),
+        "TRUSTED_PROXY_COUNT": parse_integer(environ, "TRUSTED_PROXY_COUNT", 0, 0, 10),
         "DATABASE_CONNECTION_URI": parse_database_url(environ.get("DATABASE_CONNECTION_URI", "")),
         "SERVER_TYPE": parse_choice(environ, "SERVER_TYPE", SERVER_TYPES, "http", str.lower),
         "SERVER_PORT": parse_integer(environ, "SERVER_PORT", 8080, 1, 65535),
@@ -110,6 +111,7 @@ def default_worker_count() -> int:
 
 
 def parse_global_key(environ: Mapping[str, str], name: str) -> str | None:
+    """Return a global key that is long and unpublished, or None when the variable is unset."""
     key = environ.get(name, "").strip()
     if not key:
         return None
@@ -178,9 +180,21 @@ def parse_rate_limit(environ: Mapping[str, str], name: str, default: str) -> str
     raw = environ.get(name, "").strip()
     if not raw:
         return default
-    if not RATE_LIMIT_PATTERN.match(raw):
-        raise ConfigError(f"{name}={raw!r} is not a rate; use COUNT/PERIOD such as 20/minute or 100/hour")
+    try:
+        parse_limit(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a rate; use COUNT/PERIOD such as 20/minute or 100/hour") from None
     return raw
+
+
+def parse_storage_uri(raw: str) -> str:
+    """Return the throttling storage: memory:// (one process) or a Redis URL (shared)."""
+    uri = raw.strip() or "memory://"
+    if uri.split("://", 1)[0].lower() not in STORAGE_SCHEMES:
+        raise ConfigError(
+            "RATELIMIT_STORAGE_URI must be memory:// or a Redis URL such as redis://127.0.0.1:6379/0"
+        )
+    return uri
 
 
 def parse_list(raw: str) -> list[str]:

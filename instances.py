@@ -10,7 +10,7 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from auth import Principal, generate_token, is_global_key, token_digest
+from auth import Principal, generate_token, is_reserved_key, token_digest
 from errors import ApiError
 from events import CONNECTION_UPDATE, INSTANCE_CREATE, INSTANCE_DELETE, LOGOUT_INSTANCE, emit
 from models import CLOSE, EVOLUTION, OPEN, Instance, db
@@ -46,7 +46,7 @@ class TokenTaken(ApiError):
 def create_instance(data: dict) -> tuple[Instance, str]:
     """Store a new instance from a loaded create body; return it with its token."""
     token = data["token"] or generate_token()
-    if data["token"] and is_global_key(token):
+    if data["token"] and is_reserved_key(token):
         raise TokenTaken()
     instance = Instance(
         name=data["instanceName"],
@@ -88,7 +88,7 @@ def raise_conflict(name: str, digest: str) -> None:
 def rotate_token(instance: Instance, custom_token: str | None) -> str:
     """Replace the instance's token; the old one fails from the next request on."""
     token = custom_token or generate_token()
-    if custom_token and is_global_key(token):
+    if custom_token and is_reserved_key(token):
         raise TokenTaken()
     instance.token_digest = token_digest(token)
     try:
