@@ -13,7 +13,6 @@ PRESENCES = ("available", "unavailable", "composing", "recording", "paused")
 # Request fields that configure features evogate does not implement; refused unless inert.
 UNSUPPORTED_OBJECTS = ("websocket", "rabbitmq", "nats", "sqs", "kafka", "pusher", "webhook")
 UNSUPPORTED_PREFIXES = ("proxy", "chatwoot", "webhook")
-INERT_VALUES = (None, "", False, {}, {"enabled": False})
 
 CUSTOM_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{16,128}")
 PHONE_SEPARATORS = re.compile(r"[\s().-]")
@@ -140,12 +139,14 @@ class InstanceCreateSchema(TokenBodySchema):
 
 def is_unsupported_feature(field: str) -> bool:
     lowered = field.lower()
-    return field in UNSUPPORTED_OBJECTS or lowered.startswith(UNSUPPORTED_PREFIXES)
+    return lowered in UNSUPPORTED_OBJECTS or lowered.startswith(UNSUPPORTED_PREFIXES)
 
 
 def is_inert(value) -> bool:
-    """Return whether a feature field's value switches nothing on."""
-    return any(value == inert and type(value) is type(inert) for inert in INERT_VALUES)
+    """Return whether a feature field's value switches nothing on: null, "", false, {} or {"enabled": false}."""
+    if value is None or value is False or value == "":
+        return True
+    return isinstance(value, dict) and (value == {} or (len(value) == 1 and value.get("enabled") is False))
 
 
 class PresenceSchema(BodySchema):
