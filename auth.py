@@ -130,7 +130,8 @@ def guard() -> None:
     scope = getattr(current_app.view_functions[request.endpoint], "auth_scope", INSTANCE_PATH)
     if scope == PUBLIC:
         return
-    if request.method not in SAFE_METHODS:
+    view = current_app.view_functions[request.endpoint]
+    if request.method not in SAFE_METHODS or getattr(view, "writes", False):
         database.begin_write()
 
     key = request.headers.get("apikey", "")

@@ -15,7 +15,7 @@ from limits import parse as parse_limit
 VERSION = "0.1.0"
 MIN_KEY_LENGTH = 32
 # Keys printed in Evolution API's documentation and source code: anyone can guess them.
-PUBLISHED_KEYS = {"429683C4C977415CAAFCCE10F7D57E11", "BQYHJGJHJ"}
+PUBLISHED_KEYS = {"429683C4C977415CAAFCCE10F7D57E11", "BQYHJGJHJ"}  # compared upper-cased
 KNOWN_AUTHENTICATION_VARIABLES = {
     "AUTHENTICATION_API_KEY",
     "AUTHENTICATION_API_KEY_PREVIOUS",
@@ -115,10 +115,10 @@ def parse_global_key(environ: Mapping[str, str], name: str) -> str | None:
     key = environ.get(name, "").strip()
     if not key:
         return None
-    if key in PUBLISHED_KEYS:
+    if key.upper() in PUBLISHED_KEYS:
         raise ConfigError(
             f"{name} is a key published in Evolution API's documentation; "
-            "set a random key of at least 32 characters (flask keys generate or openssl rand -hex 32)"
+            "set a random key of at least 32 characters (openssl rand -hex 32)"
         )
     if len(key) < MIN_KEY_LENGTH:
         raise ConfigError(

@@ -29,7 +29,8 @@ def database_url(app: Flask) -> str:
     url = app.config["DATABASE_CONNECTION_URI"]
     if url:
         return url
-    os.makedirs(app.instance_path, exist_ok=True)
+    # The instance folder holds the database and the generated key: its owner alone may read it.
+    os.makedirs(app.instance_path, mode=0o700, exist_ok=True)
     return "sqlite:///" + os.path.join(app.instance_path, "evogate.db")
 
 
@@ -76,6 +77,12 @@ def configure_sqlite(engine: Engine) -> None:
     def on_begin(connection):
         immediate = connection.get_execution_options().get("sqlite_begin_immediate")
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def writes(view):
+    """Mark a view that writes although its method is safe (Evolution's GET /instance/connect)."""
+    view.writes = True
+    return view
 
 
 def begin_write() -> None:

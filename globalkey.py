@@ -5,6 +5,8 @@ import os
 import secrets
 import tempfile
 
+from config import MIN_KEY_LENGTH, ConfigError
+
 logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "global-api-key"
@@ -17,12 +19,14 @@ def load_or_create(instance_path: str) -> str:
     together either create it or read the one that another process linked first: all of them
     end up with the same key. The file is readable by its owner only.
     """
-    os.makedirs(instance_path, exist_ok=True)
+    os.makedirs(instance_path, mode=0o700, exist_ok=True)
     path = os.path.join(instance_path, KEY_FILE_NAME)
     if not os.path.exists(path):
         create(path)
-    with open(path, encoding="ascii") as key_file:
+    with open(path, encoding="ascii", errors="replace") as key_file:
         key = key_file.read().strip()
+    if len(key) < MIN_KEY_LENGTH:
+        raise ConfigError(f"The key file {path} holds fewer than {MIN_KEY_LENGTH} characters; delete it to have a new key generated")
     logger.info("AUTHENTICATION_API_KEY is not set; using the generated key stored in %s", path)
     return key
 

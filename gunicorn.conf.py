@@ -5,6 +5,7 @@ line win over the values here.
 """
 
 import logging
+import os
 import sys
 
 # Module-level names that match gunicorn settings are read as settings, so the `config`
@@ -25,7 +26,10 @@ workers = settings["WEB_CONCURRENCY"]
 # Load the app once in the master: settings are checked and the schema migrated before
 # workers fork, and the workers share the loaded code's memory.
 preload_app = True
-worker_tmp_dir = "/dev/shm"
+# Worker heartbeats in memory rather than on disk, where the system has /dev/shm.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# gunicorn's runtime control socket would be one more way in, and servers of one user would share it.
+control_socket_disable = True
 
 loglevel = settings["LOG_LEVEL"].lower()
 accesslog = "-"

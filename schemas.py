@@ -23,7 +23,6 @@ UNSUPPORTED_OBJECTS = ("websocket", "rabbitmq", "nats", "sqs", "kafka", "pusher"
 # Evolution 1.x's flat webhook fields (webhookUrl, webhook_by_events, ...): use the object.
 UNSUPPORTED_PREFIXES = ("proxy", "chatwoot", "webhook_", "webhookurl", "webhookbyevents", "webhookbase64",
                         "webhookevents", "webhookheaders")
-INERT_VALUES = (None, "", False, {}, {"enabled": False})
 
 
 class TokenBodySchema(BodySchema):
@@ -82,12 +81,14 @@ class InstanceCreateSchema(TokenBodySchema):
 
 def is_unsupported_feature(field: str) -> bool:
     lowered = field.lower()
-    return field in UNSUPPORTED_OBJECTS or lowered.startswith(UNSUPPORTED_PREFIXES)
+    return lowered in UNSUPPORTED_OBJECTS or lowered.startswith(UNSUPPORTED_PREFIXES)
 
 
 def is_inert(value) -> bool:
-    """Return whether a feature field's value switches nothing on."""
-    return any(value == inert and type(value) is type(inert) for inert in INERT_VALUES)
+    """Return whether a feature field's value switches nothing on: null, "", false, {} or {"enabled": false}."""
+    if value is None or value is False or value == "":
+        return True
+    return isinstance(value, dict) and (value == {} or (len(value) == 1 and value.get("enabled") is False))
 
 
 class PresenceSchema(BodySchema):

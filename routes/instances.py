@@ -4,6 +4,7 @@ from flask import Blueprint, abort, current_app, g, request
 
 import instances
 from auth import any_principal, global_only, reject
+from database import writes
 from routes import json_body
 from schemas import (
     instance_create_schema,
@@ -64,6 +65,7 @@ def fetch_instances():
 
 
 @bp.get("/connect/<name>")
+@writes
 def connect(name):
     """Open the instance's connection."""
     instances.connect(g.instance)

@@ -2,7 +2,7 @@
 
 Each test session creates its own PostgreSQL databases (named evogate_test_<random>) and
 drops them at the end, so sessions running at the same time never collide. The database
-server comes from EVOGATE_TEST_POSTGRES_URL (default: postgres on 127.0.0.1:5432); when it
+server comes from EVOGATE_TEST_POSTGRES_URL (default: user and database postgres on 127.0.0.1:5432); when it
 does not answer, the tests that need it fail rather than skip.
 """
 
@@ -23,7 +23,7 @@ from tests.server import Gunicorn
 REPO = Path(__file__).resolve().parents[1]
 LOG_DIRECTORY = REPO / "test-logs"
 GLOBAL_KEY = "test-global-key-" + secrets.token_hex(16)
-POSTGRES_URL = os.environ.get("EVOGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+POSTGRES_URL = os.environ.get("EVOGATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BACKENDS = ["sqlite", "postgresql"]
 
 
