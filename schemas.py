@@ -16,9 +16,10 @@ UNSUPPORTED_PREFIXES = ("proxy", "chatwoot", "webhook")
 
 CUSTOM_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{16,128}")
 PHONE_SEPARATORS = re.compile(r"[\s().-]")
-PHONE_DIGITS = re.compile(r"\d{8,15}")
-USER_JID = re.compile(r"\d{8,15}@s\.whatsapp\.net")
-GROUP_JID = re.compile(r"\d{1,60}(-\d{1,60})?@g\.us")
+# [0-9], not \d: \d also matches Arabic-Indic, fullwidth and other Unicode digits.
+PHONE_DIGITS = re.compile(r"[0-9]{8,15}")
+USER_JID = re.compile(r"[0-9]{8,15}@s\.whatsapp\.net")
+GROUP_JID = re.compile(r"[0-9]{1,60}(-[0-9]{1,60})?@g\.us")
 
 
 class StrictBoolean(fields.Boolean):
