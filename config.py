@@ -6,6 +6,7 @@ an existing Evolution `.env` mostly carries over. Anything that cannot run safel
 """
 
 import os
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +26,8 @@ KNOWN_AUTHENTICATION_VARIABLES = {
 TRUE_WORDS = {"true", "1", "yes"}
 FALSE_WORDS = {"false", "0", "no"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# Other names Python's logging accepts for the same levels.
+LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 SERVER_TYPES = ("http", "https")
 MAX_BODY_BYTES = 1024 * 1024
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
@@ -58,7 +61,7 @@ def load_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "SERVER_URL": environ.get("SERVER_URL", "").strip() or None,
         "SSL_CONF_PRIVKEY": environ.get("SSL_CONF_PRIVKEY", "").strip() or None,
         "SSL_CONF_FULLCHAIN": environ.get("SSL_CONF_FULLCHAIN", "").strip() or None,
-        "LOG_LEVEL": parse_choice(environ, "LOG_LEVEL", LOG_LEVELS, "INFO", str.upper),
+        "LOG_LEVEL": parse_choice(environ, "LOG_LEVEL", LOG_LEVELS, "INFO", normalise_log_level),
         "CORS_ORIGIN": parse_list(environ.get("CORS_ORIGIN", "")),
         "CORS_METHODS": parse_list(environ.get("CORS_METHODS", "GET,POST,DELETE")),
         "CORS_CREDENTIALS": parse_boolean(environ, "CORS_CREDENTIALS", False),
@@ -197,6 +200,11 @@ def parse_storage_uri(raw: str) -> str:
     return uri
 
 
+def normalise_log_level(raw: str) -> str:
+    level = raw.upper()
+    return LOG_LEVEL_ALIASES.get(level, level)
+
+
 def parse_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
@@ -213,6 +221,7 @@ def parse_database_url(raw: str) -> str | None:
 
 
 def check_certificates(settings: dict[str, Any]) -> None:
+    """Refuse HTTPS settings whose files are missing, unreadable, or not a matching PEM pair."""
     for name in ("SSL_CONF_FULLCHAIN", "SSL_CONF_PRIVKEY"):
         path = settings[name]
         if not path:
@@ -224,3 +233,12 @@ def check_certificates(settings: dict[str, Any]) -> None:
             raise ConfigError(
                 f"{name}={path!r} cannot be read ({error.strerror}); fix the path or its permissions"
             ) from None
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings["SSL_CONF_FULLCHAIN"], settings["SSL_CONF_PRIVKEY"]
+        )
+    except ssl.SSLError as error:
+        raise ConfigError(
+            f"SSL_CONF_FULLCHAIN and SSL_CONF_PRIVKEY cannot be loaded as a certificate chain and its "
+            f"private key ({error.reason or error}); check that both are PEM files that belong together"
+        ) from None
