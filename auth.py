@@ -43,8 +43,8 @@ class PreviousKeyUsage:
             new_uses = self.count - self.count_at_last_log
             self.last_logged, self.count_at_last_log = now, self.count
         logger.warning(
-            "The previous global key (AUTHENTICATION_API_KEY_PREVIOUS) was used %d times since the last "
-            "report, %d in all by this process; move its clients to AUTHENTICATION_API_KEY, then unset it",
+            "The previous global key (AUTHENTICATION_API_KEY_PREVIOUS) is still in use: %d uses since the "
+            "last report, %d in all by this process; move its clients to AUTHENTICATION_API_KEY, then unset it",
             new_uses, self.count,
         )
 

@@ -7,6 +7,8 @@ work. With RATELIMIT_STORAGE_URI naming Redis, all workers and hosts share one c
 that need no key (`/`, the health probes) are never throttled, so probes keep working.
 """
 
+import time
+
 from flask import Flask, Response, current_app, request
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
@@ -24,17 +26,9 @@ def needs_no_key() -> bool:
     return getattr(view, "auth_scope", None) == auth.PUBLIC
 
 
-def handle_throttled(error: RateLimitExceeded) -> Response:
-    # flask-limiter adds Retry-After and the X-RateLimit-* headers after this handler.
-    return error_response(
-        429, "Too many failed authentications from this address; wait for the Retry-After delay, then use a valid key."
-    )
-
-
 def init_app(app: Flask) -> Limiter:
     """Bind a limiter to the app; call it before the key guard is registered so it runs first."""
-    app.register_error_handler(RateLimitExceeded, handle_throttled)
-    return Limiter(
+    limiter = Limiter(
         get_remote_address,
         app=app,
         application_limits=[app.config["AUTHENTICATION_FAILURE_LIMIT"]],
@@ -42,7 +36,20 @@ def init_app(app: Flask) -> Limiter:
         application_limits_exempt_when=needs_no_key,
         storage_uri=app.config["RATELIMIT_STORAGE_URI"],
         key_prefix="evogate-auth-failures",
-        headers_enabled=True,
+        # Only the 429 answer says when to come back (below); other answers carry no limit headers.
+        headers_enabled=False,
         # A storage outage must not take the API down with it; flask-limiter logs the error.
         swallow_errors=True,
     )
+
+    def handle_throttled(error: RateLimitExceeded) -> Response:
+        response = error_response(
+            429, "Too many failed authentications from this address; wait for the Retry-After delay, then use a valid key."
+        )
+        window = limiter.current_limit
+        seconds = int(window.reset_at - time.time()) if window is not None else 60
+        response.headers["Retry-After"] = str(max(1, seconds))
+        return response
+
+    app.register_error_handler(RateLimitExceeded, handle_throttled)
+    return limiter

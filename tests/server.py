@@ -1,9 +1,11 @@
 """Start real gunicorn servers for tests, exactly as users do, and talk HTTP to them."""
 
+import http.client
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -82,6 +84,14 @@ class Gunicorn:
         """Send one request; return the status, the headers and the decoded JSON body."""
         return http_request(self.base_url, method, path, key, body, headers, timeout)
 
+    def request_from(self, source_address: str, method: str, path: str, key: str | None = None, body=None,
+                     headers=None, data: bytes | None = None, timeout: float = 30) -> tuple[int, dict, object]:
+        """Send one request from a local source address such as 127.23.45.67, as `send_request` does."""
+        return send_request(
+            "127.0.0.1", self.port, method, path, key, body, headers,
+            data=data, source_address=source_address, timeout=timeout,
+        )
+
     def __enter__(self):
         return self.start()
 
@@ -105,3 +115,52 @@ def http_request(base_url: str, method: str, path: str, key: str | None = None, 
     except urllib.error.HTTPError as error:
         status, reply_headers, raw = error.code, dict(error.headers), error.read()
     return status, reply_headers, json.loads(raw) if raw else None
+
+
+class TLSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that verifies the certificate against `server_hostname`, not the dialled address."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext, server_hostname: str, **kwargs):
+        super().__init__(host, port, context=context, **kwargs)
+        self.tls_context = context
+        self.server_hostname = server_hostname
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self.tls_context.wrap_socket(self.sock, server_hostname=self.server_hostname)
+
+
+def send_request(host: str, port: int, method: str, path: str, key: str | None = None, body=None, headers=None,
+                 *, data: bytes | None = None, source_address: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 timeout: float = 30) -> tuple[int, dict, object]:
+    """Send one request over a new connection, and return the status, the headers and the body.
+
+    `body` is sent as JSON, `data` as raw bytes. With `source_address` the client socket is bound
+    to that local address, which a loopback server then logs and counts as the client address. With
+    `ssl_context` the connection uses TLS and checks the certificate for `server_hostname`.
+    The body is decoded JSON when the response's Content-Type is JSON, otherwise text.
+    """
+    all_headers = dict(headers or {})
+    if key is not None:
+        all_headers["apikey"] = key
+    if body is not None:
+        data = json.dumps(body).encode()
+        all_headers["Content-Type"] = "application/json"
+    source = (source_address, 0) if source_address else None
+    if ssl_context is not None:
+        connection = TLSConnection(
+            host, port, ssl_context, server_hostname or host, timeout=timeout, source_address=source
+        )
+    else:
+        connection = http.client.HTTPConnection(host, port, timeout=timeout, source_address=source)
+    try:
+        connection.request(method, path, body=data, headers=all_headers)
+        reply = connection.getresponse()
+        raw = reply.read()
+        reply_headers = dict(reply.headers)
+    finally:
+        connection.close()
+    if reply.headers.get_content_type() == "application/json" and raw:
+        return reply.status, reply_headers, json.loads(raw)
+    return reply.status, reply_headers, raw.decode(errors="replace")
