@@ -9,10 +9,12 @@ from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 import auth
+import cli
 import database
 import delivery
 import errors
 import globalkey
+import metrics
 import requestid
 import throttle
 from config import load_settings, read_environment
@@ -34,6 +36,7 @@ def create_app(config: Mapping[str, str] | None = None, instance_path: str | Non
     warn_about_unknown_variables(app)
 
     trust_proxies(app)
+    metrics.init_app(app)
     database.init_app(app)
     errors.init_app(app)
     requestid.init_app(app)
@@ -43,6 +46,7 @@ def create_app(config: Mapping[str, str] | None = None, instance_path: str | Non
     app.after_request(add_security_headers)
     init_cors(app)
     register_blueprints(app)
+    cli.init_app(app)
     return app
 
 

@@ -6,6 +6,7 @@ has that SHA-256 digest, or to nothing. Tokens themselves are never stored or lo
 
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 import threading
@@ -16,11 +17,14 @@ from flask import abort, current_app, g, request
 from sqlalchemy import select
 
 import database
+import metrics
 from models import Instance, db, is_valid_instance_name
 
 logger = logging.getLogger(__name__)
 
 PUBLIC, GLOBAL_ONLY, ANY_PRINCIPAL, INSTANCE_PATH = "public", "global", "any", "instance"
+# The global key, or no key at all from an address in METRICS_ALLOWED_IPS (Prometheus scrapers).
+GLOBAL_OR_SCRAPER = "global-or-scraper"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 PREVIOUS_KEY_LOG_INTERVAL_SECONDS = 60
 
@@ -81,6 +85,12 @@ def any_principal(view):
     return view
 
 
+def global_or_allowed_scraper(view):
+    """Mark a view as needing the global key, or no key from an address in METRICS_ALLOWED_IPS."""
+    view.auth_scope = GLOBAL_OR_SCRAPER
+    return view
+
+
 def generate_token() -> str:
     """Return a new instance token: 32 upper-case hex characters, 128 bits from a CSPRNG."""
     return secrets.token_hex(16).upper()
@@ -130,19 +140,33 @@ def guard() -> None:
     scope = getattr(current_app.view_functions[request.endpoint], "auth_scope", INSTANCE_PATH)
     if scope == PUBLIC:
         return
+    key = request.headers.get("apikey", "")
+    if scope == GLOBAL_OR_SCRAPER and not key and is_allowed_scraper():
+        return
     view = current_app.view_functions[request.endpoint]
     if request.method not in SAFE_METHODS or getattr(view, "writes", False):
         database.begin_write()
 
-    key = request.headers.get("apikey", "")
     principal = resolve(key) if key else None
     if principal is None:
         reject(401, "unknown" if key else "missing")
     g.principal = principal
-    if scope == GLOBAL_ONLY and not principal.is_global:
+    if scope in (GLOBAL_ONLY, GLOBAL_OR_SCRAPER) and not principal.is_global:
         reject(403, "forbidden")
     if scope == INSTANCE_PATH:
         g.instance = bind_path_instance(principal, request.view_args["name"])
+
+
+def is_allowed_scraper() -> bool:
+    """Return whether the client address is in METRICS_ALLOWED_IPS."""
+    try:
+        address = ipaddress.ip_address(request.remote_addr or "")
+    except ValueError:
+        return False
+    # A dual-stack socket reports IPv4 clients as ::ffff:a.b.c.d.
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in current_app.config["METRICS_ALLOWED_IPS"])
 
 
 def bind_path_instance(principal: Principal, name: str) -> Instance:
@@ -164,4 +188,5 @@ def reject(status: int, reason: str) -> None:
         "Authentication failed: reason=%s method=%s path=%s client=%s request_id=%s",
         reason, request.method, request.path, request.remote_addr, g.get("request_id"),
     )
+    metrics.count_authentication_failure(reason)
     abort(status, "Unauthorized" if status == 401 else "Forbidden")

@@ -5,6 +5,7 @@ an existing Evolution `.env` mostly carries over. Anything that cannot run safel
 `ConfigError` with one line that names the variable and the fix.
 """
 
+import ipaddress
 import os
 import ssl
 from collections.abc import Mapping
@@ -17,12 +18,6 @@ VERSION = "0.1.0"
 MIN_KEY_LENGTH = 32
 # Keys printed in Evolution API's documentation and source code: anyone can guess them.
 PUBLISHED_KEYS = {"429683C4C977415CAAFCCE10F7D57E11", "BQYHJGJHJ"}  # compared upper-cased
-KNOWN_AUTHENTICATION_VARIABLES = {
-    "AUTHENTICATION_API_KEY",
-    "AUTHENTICATION_API_KEY_PREVIOUS",
-    "AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES",
-    "AUTHENTICATION_FAILURE_LIMIT",
-}
 TRUE_WORDS = {"true", "1", "yes"}
 FALSE_WORDS = {"false", "0", "no"}
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -30,7 +25,43 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 SERVER_TYPES = ("http", "https")
 MAX_BODY_BYTES = 1024 * 1024
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+unix", "redis+sentinel", "redis+cluster")
+# Every variable `load_settings` reads, in the order `.env.example` documents them. A test
+# checks this tuple against both, so a new setting cannot go undocumented.
+ENVIRONMENT_VARIABLES = (
+    "AUTHENTICATION_API_KEY",
+    "AUTHENTICATION_API_KEY_PREVIOUS",
+    "AUTHENTICATION_EXPOSE_IN_FETCH_INSTANCES",
+    "AUTHENTICATION_FAILURE_LIMIT",
+    "RATELIMIT_STORAGE_URI",
+    "TRUSTED_PROXY_COUNT",
+    "DATABASE_CONNECTION_URI",
+    "SERVER_TYPE",
+    "SERVER_PORT",
+    "SERVER_URL",
+    "SSL_CONF_PRIVKEY",
+    "SSL_CONF_FULLCHAIN",
+    "LOG_LEVEL",
+    "WEB_CONCURRENCY",
+    "CORS_ORIGIN",
+    "CORS_METHODS",
+    "CORS_CREDENTIALS",
+    "METRICS_ALLOWED_IPS",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "WEBHOOK_GLOBAL_ENABLED",
+    "WEBHOOK_GLOBAL_URL",
+    "WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS",
+    "WEBHOOK_GLOBAL_SECRET",
+    "WEBHOOK_BLOCK_PRIVATE_NETWORKS",
+    "WEBHOOK_CA_BUNDLE",
+    "WEBHOOK_RETRY_MAX_ATTEMPTS",
+    "WEBHOOK_RETRY_INITIAL_DELAY_SECONDS",
+    "WEBHOOK_RETRY_MAX_DELAY_SECONDS",
+    "WEBHOOK_REQUEST_TIMEOUT_MS",
+    "WEBHOOK_POLL_INTERVAL_SECONDS",
+)
+KNOWN_AUTHENTICATION_VARIABLES = {name for name in ENVIRONMENT_VARIABLES if name.startswith("AUTHENTICATION_")}
 
 
 class ConfigError(Exception):
@@ -66,6 +97,8 @@ def load_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         "CORS_METHODS": parse_list(environ.get("CORS_METHODS", "GET,POST,DELETE")),
         "CORS_CREDENTIALS": parse_boolean(environ, "CORS_CREDENTIALS", False),
         "WEB_CONCURRENCY": parse_integer(environ, "WEB_CONCURRENCY", default_worker_count(), 1, 64),
+        "METRICS_ALLOWED_IPS": parse_networks(environ, "METRICS_ALLOWED_IPS"),
+        "PROMETHEUS_MULTIPROC_DIR": parse_metrics_directory(environ, "PROMETHEUS_MULTIPROC_DIR"),
         "UNKNOWN_AUTHENTICATION_VARIABLES": sorted(
             name for name in environ
             if name.startswith("AUTHENTICATION_") and name not in KNOWN_AUTHENTICATION_VARIABLES
@@ -120,8 +153,9 @@ def parse_global_key(environ: Mapping[str, str], name: str) -> str | None:
         return None
     if key.upper() in PUBLISHED_KEYS:
         raise ConfigError(
-            f"{name} is a key published in Evolution API's documentation; "
-            "set a random key of at least 32 characters (openssl rand -hex 32)"
+            f"{name} is a key published in Evolution API's documentation; replace it with a random key of at "
+            f"least {MIN_KEY_LENGTH} characters from `openssl rand -hex 32`, or from `flask keys generate` "
+            f"after unsetting {name} (flask commands check the same settings)"
         )
     if len(key) < MIN_KEY_LENGTH:
         raise ConfigError(
@@ -207,6 +241,33 @@ def normalise_log_level(raw: str) -> str:
 
 def parse_list(raw: str) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def parse_networks(environ: Mapping[str, str], name: str) -> tuple[IPNetwork, ...]:
+    """Parse comma-separated IP addresses and CIDR networks; an address is a network of one."""
+    networks = []
+    for item in parse_list(environ.get(name, "")):
+        try:
+            networks.append(ipaddress.ip_network(item))
+        except ValueError:
+            raise ConfigError(
+                f"{name} contains {item!r}, which is not an IP address or a CIDR network with its host bits "
+                "zero; use a list such as 127.0.0.1,10.0.0.0/8,::1"
+            ) from None
+    return tuple(networks)
+
+
+def parse_metrics_directory(environ: Mapping[str, str], name: str) -> str | None:
+    """Return the directory where gunicorn workers share their metrics, or None to use a fresh one."""
+    path = environ.get(name, "").strip()
+    if not path:
+        return None
+    if not (os.path.isdir(path) and os.access(path, os.R_OK | os.W_OK | os.X_OK)):
+        raise ConfigError(
+            f"{name}={path!r} is not a directory that evogate can write; create it for this server alone, "
+            "or unset it to have a private temporary directory made at start-up"
+        )
+    return path
 
 
 def parse_database_url(raw: str) -> str | None:

@@ -28,14 +28,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
 import database
+import metrics
 from config import VERSION
 from events import MESSAGES_UPDATE, emit, without_credentials
-from models import ERROR, PENDING, SERVER_ACK, DeliveryAttempt, Event, Message, db, utc_now
+from models import DELIVERED, ERROR, FAILED, PENDING, PENDING_EVENT, SERVER_ACK, DeliveryAttempt, Event, Message, db, utc_now
 from webhooks import BlockedDestination, check_destination
 
 logger = logging.getLogger(__name__)
 
-PENDING_EVENT, DELIVERED, FAILED = "pending", "delivered", "failed"
 SENDER_THREADS = 8
 # A lease outlives the request timeout by this much before another process may retry.
 LEASE_MARGIN_SECONDS = 5
@@ -193,19 +193,23 @@ def record_outcome(claim: Claim, outcome: Outcome) -> None:
     if outcome.delivered:
         event.status, event.finished_at = DELIVERED, now
         settle_message(event.message_pk, SERVER_ACK)
+        attempt_result = metrics.ATTEMPT_DELIVERED
     elif outcome.retryable and event.attempts < config["WEBHOOK_RETRY_MAX_ATTEMPTS"]:
         event.next_attempt_at = now + timedelta(seconds=retry_delay(event.attempts, outcome.retry_after, config))
         attempt.next_attempt_at = event.next_attempt_at
         logger.info("Delivery %s of %s failed (%s); attempt %d of %d is due at %s", claim.public_id,
                     claim.name, outcome.error, event.attempts + 1, config["WEBHOOK_RETRY_MAX_ATTEMPTS"],
                     event.next_attempt_at.isoformat())
+        attempt_result = metrics.ATTEMPT_WILL_RETRY
     else:
         event.status, event.finished_at = FAILED, now
         settle_message(event.message_pk, ERROR)
         logger.warning("Delivery %s of %s for instance %s failed for good after %d attempts: %s",
                        claim.public_id, claim.name, claim.instance_name, event.attempts, outcome.error)
+        attempt_result = metrics.ATTEMPT_GAVE_UP
     db.session.add(attempt)
     db.session.commit()
+    metrics.count_delivery_attempt(attempt_result)
 
 
 def settle_message(message_pk: int | None, status: str) -> None:

@@ -31,11 +31,16 @@ def load_or_create(instance_path: str) -> str:
     return key
 
 
+def generate_key() -> str:
+    """Return a new global key: 64 hex characters, 256 bits from a CSPRNG."""
+    return secrets.token_hex(32)
+
+
 def create(path: str) -> None:
     descriptor, temporary_path = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".key-")
     try:
         with os.fdopen(descriptor, "w", encoding="ascii") as key_file:
-            key_file.write(secrets.token_hex(32) + "\n")
+            key_file.write(generate_key() + "\n")
         os.chmod(temporary_path, 0o600)
         try:
             os.link(temporary_path, path)

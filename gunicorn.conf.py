@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+import metrics_directory
+
 # Module-level names that match gunicorn settings are read as settings, so the `config`
 # module is not imported under its own name here.
 from config import ConfigError, load_settings, read_environment
@@ -20,6 +22,10 @@ except ConfigError as error:
     logging.basicConfig(format="%(levelname)s evogate: %(message)s")
     logging.getLogger("evogate").critical("Refusing to start: %s", error)
     sys.exit(1)
+
+# Workers count requests in files that every worker's /metrics adds up. prometheus-client
+# reads the directory when it is first imported, when gunicorn loads the app after this file.
+metrics_directory.prepare(settings["PROMETHEUS_MULTIPROC_DIR"])
 
 bind = [f"0.0.0.0:{settings['SERVER_PORT']}"]
 workers = settings["WEB_CONCURRENCY"]
@@ -47,3 +53,18 @@ def post_worker_init(worker):
     import delivery
 
     delivery.ensure_started(worker.wsgi)
+
+
+def on_starting(server):
+    server.log.info("Workers share their Prometheus metrics in %s", metrics_directory.prepared_directory)
+
+
+def child_exit(server, worker):
+    """Drop the live gauges of a worker that exited; its counters stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    metrics_directory.remove_created()

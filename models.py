@@ -43,6 +43,8 @@ db = SQLAlchemy(model_class=Base)
 OPEN, CLOSE, CONNECTING = "open", "close", "connecting"
 EVOLUTION = "EVOLUTION"
 PENDING, SERVER_ACK, ERROR, DELIVERY_ACK = "PENDING", "SERVER_ACK", "ERROR", "DELIVERY_ACK"
+# The states of an outbox event (`Event.status`).
+PENDING_EVENT, DELIVERED, FAILED = "pending", "delivered", "failed"
 INSTANCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 INSTANCE_NAME_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
 
@@ -185,7 +187,7 @@ class Event(db.Model):
     body: Mapped[bytes] = mapped_column(LargeBinary)
     # The outgoing message whose status this delivery decides, for the instance receiver only.
     message_pk: Mapped[int | None] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    status: Mapped[str] = mapped_column(String(16), default=PENDING_EVENT)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utc_now)

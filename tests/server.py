@@ -13,9 +13,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from config import ENVIRONMENT_VARIABLES
+
 REPO = Path(__file__).resolve().parents[1]
 LOG_DIRECTORY = REPO / "test-logs"
-# Variables of the developer's shell that would change the server under test.
+# Variables of the developer's shell that would change the server under test: evogate's own
+# settings, and any name with one of these prefixes (such as a misspelt setting).
 CLEARED_PREFIXES = ("AUTHENTICATION_", "DATABASE_", "SERVER_", "SSL_", "CORS_", "WEBHOOK_", "LOG_", "WEB_CONCURRENCY")
 
 
@@ -26,7 +29,10 @@ def free_port() -> int:
 
 
 def server_environment(overrides: dict[str, str]) -> dict[str, str]:
-    environment = {name: value for name, value in os.environ.items() if not name.startswith(CLEARED_PREFIXES)}
+    environment = {
+        name: value for name, value in os.environ.items()
+        if name not in ENVIRONMENT_VARIABLES and not name.startswith(CLEARED_PREFIXES)
+    }
     environment.update(overrides)
     return environment
 
