@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 import database
 import metrics
-from models import Instance, db, is_valid_instance_name
+from models import Instance, db
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +137,13 @@ def guard() -> None:
     # Unknown paths and wrong methods fall through to routing's 404/405; preflights need no key.
     if request.url_rule is None or request.method == "OPTIONS":
         return
-    scope = getattr(current_app.view_functions[request.endpoint], "auth_scope", INSTANCE_PATH)
+    view = current_app.view_functions[request.endpoint]
+    scope = getattr(view, "auth_scope", INSTANCE_PATH)
     if scope == PUBLIC:
         return
     key = request.headers.get("apikey", "")
     if scope == GLOBAL_OR_SCRAPER and not key and is_allowed_scraper():
         return
-    view = current_app.view_functions[request.endpoint]
     if request.method not in SAFE_METHODS or getattr(view, "writes", False):
         database.begin_write()
 
@@ -175,9 +175,7 @@ def bind_path_instance(principal: Principal, name: str) -> Instance:
         if principal.instance.name != name:
             reject(403, "forbidden")
         return principal.instance
-    instance = None
-    if is_valid_instance_name(name):
-        instance = db.session.scalar(select(Instance).where(Instance.name == name))
+    instance = Instance.find_by_name(name)
     if instance is None:
         abort(404, f'The "{name}" instance does not exist')
     return instance

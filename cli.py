@@ -72,7 +72,7 @@ def delete_instance(name: str, yes: bool):
 
 def existing_instance(name: str) -> Instance:
     """Return the instance named NAME, or stop the command with exit status 1."""
-    instance = instances.find_instance(name)
+    instance = Instance.find_by_name(name)
     if instance is None:
         raise click.ClickException(f'The "{name}" instance does not exist; `flask instances list` shows the names.')
     return instance

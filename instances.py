@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from auth import Principal, generate_token, is_reserved_key, token_digest
 from errors import ApiError
 from events import CONNECTION_UPDATE, INSTANCE_CREATE, INSTANCE_DELETE, LOGOUT_INSTANCE, emit
-from models import CLOSE, EVOLUTION, OPEN, Instance, db, is_valid_instance_name
+from models import CLOSE, EVOLUTION, OPEN, Instance, db
 from webhooks import apply_webhook
 
 logger = logging.getLogger(__name__)
@@ -122,13 +122,6 @@ def find_instances(principal: Principal, name: str, public_id: str, expose: bool
     if (name or public_id) and not found:
         raise LookupError(name or public_id)
     return found
-
-
-def find_instance(name: str) -> Instance | None:
-    """Return the instance with exactly this name, or None; a name that breaks the rule matches none."""
-    if not is_valid_instance_name(name):
-        return None
-    return db.session.scalar(select(Instance).where(Instance.name == name))
 
 
 def set_connection_status(instance: Instance, status: str, extra_event: str | None = None) -> bool:

@@ -95,6 +95,13 @@ class Instance(db.Model):
         back_populates="instance", cascade="all, delete-orphan", passive_deletes=True
     )
 
+    @classmethod
+    def find_by_name(cls, name: str) -> "Instance | None":
+        """Return the instance with exactly this name; a name that breaks the rule matches none."""
+        if not is_valid_instance_name(name):
+            return None
+        return db.session.scalar(db.select(cls).where(cls.name == name))
+
     @property
     def owner_jid(self) -> str | None:
         return f"{self.number}@s.whatsapp.net" if self.number else None
