@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import aliased
 
 import database
+import webhook_http
 import metrics
 from config import VERSION
 from events import MESSAGES_UPDATE, emit, without_credentials
@@ -36,7 +37,9 @@ from webhooks import BlockedDestination, check_destination
 
 logger = logging.getLogger(__name__)
 
-SENDER_THREADS = 8
+# Sender threads per process: each receiver that hangs holds one until its timeout, so this
+# many hanging receivers per process are needed before other instances' events wait.
+SENDER_THREADS = 32
 # A lease outlives the request timeout by this much before another process may retry.
 LEASE_MARGIN_SECONDS = 5
 RETRYABLE_STATUSES = {408, 429}
@@ -96,6 +99,13 @@ def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
     token = str(uuid.uuid4())
     claims = []
     for event in db.session.scalars(query):
+        if event.attempts >= current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]:
+            # Every attempt was claimed but none recorded (the process died each time): give up
+            # rather than claim it for ever and hold up the rest of its queue.
+            event.status, event.finished_at = FAILED, now
+            event.last_error = "no attempt finished; the sending process stopped each time"
+            settle_message(event.message_pk, ERROR)
+            continue
         event.attempts += 1
         event.lease_until = now + timedelta(seconds=lease_seconds)
         event.lease_token = token
@@ -127,9 +137,9 @@ def attempt_delivery(claim: Claim, config: dict) -> Outcome:
         "X-Webhook-Signature": sign(claim.secret, timestamp, claim.body),
     }
     try:
-        response = requests.post(
-            without_credentials(claim.url), data=claim.body, headers=headers, auth=auth,
-            timeout=config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000, allow_redirects=False,
+        response = webhook_http.post(
+            without_credentials(claim.url), config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000,
+            data=claim.body, headers=headers, auth=auth, allow_redirects=False,
             verify=config["WEBHOOK_CA_BUNDLE"] or True,
         )
     except requests.Timeout:
@@ -261,7 +271,11 @@ class DeliveryWorker:
 
     def process(self, claim: Claim) -> None:
         try:
-            outcome = attempt_delivery(claim, self.app.config)
+            try:
+                outcome = attempt_delivery(claim, self.app.config)
+            except Exception as error:  # noqa: BLE001 - recorded as a failed attempt, so the queue moves on
+                logger.exception("Delivery %s failed unexpectedly", claim.public_id)
+                outcome = Outcome(delivered=False, retryable=True, error=f"delivery failed ({type(error).__name__})")
             with self.app.app_context():
                 record_outcome(claim, outcome)
         except Exception:  # noqa: BLE001 - the lease expires and the delivery is made again

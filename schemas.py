@@ -59,7 +59,8 @@ class InstanceCreateSchema(TokenBodySchema):
         }
         if errors:
             raise ValidationError(errors)
-        if data.get("webhook") in ("", False, {}):
+        webhook = data.get("webhook")
+        if webhook is False or webhook == "" or webhook == {}:
             data = {**data, "webhook": None}  # an empty webhook object configures nothing
         return data
 

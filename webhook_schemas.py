@@ -13,6 +13,8 @@ RESERVED_HEADER_PREFIX = "x-webhook-"
 SECRET_PATTERN = re.compile(r"[\x21-\x7e]{16,256}")
 URL_MAX_LENGTH = 2048
 HEADER_VALUE_MAX_LENGTH = 4096
+# HTTP sends header values as bytes; printable ASCII is what every client and receiver reads alike.
+HEADER_VALUE_PATTERN = re.compile(r"[\x20-\x7e\t]{0,%d}" % HEADER_VALUE_MAX_LENGTH)
 
 
 def canonical_event_name(name: str) -> str:
@@ -58,9 +60,10 @@ class WebhookSchema(BodySchema):
                 raise ValidationError(f'Invalid header name "{name}".')
             if name.lower() == "content-type" or name.lower().startswith(RESERVED_HEADER_PREFIX):
                 raise ValidationError(f'Header "{name}" is set by evogate and cannot be configured.')
-            if any(character in header_value for character in "\x00\r\n") or len(header_value) > HEADER_VALUE_MAX_LENGTH:
+            if not HEADER_VALUE_PATTERN.fullmatch(header_value):
                 raise ValidationError(
-                    f'Invalid value for header "{name}": no line breaks, at most {HEADER_VALUE_MAX_LENGTH} characters.'
+                    f'Invalid value for header "{name}": use printable ASCII characters, spaces and tabs, '
+                    f"at most {HEADER_VALUE_MAX_LENGTH} characters."
                 )
 
     @validates("secret")

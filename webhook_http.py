@@ -1,0 +1,91 @@
+"""The HTTP client for webhook deliveries: requests, with a deadline on the whole attempt.
+
+requests' own timeout applies to each socket operation, so a receiver that sends its answer
+one byte at a time could hold an attempt open for ever. Here every connection an attempt
+opens is registered, and a timer shuts those sockets down when the deadline passes; the
+blocked read then fails and the attempt counts as timed out.
+"""
+
+import socket
+import threading
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+_attempt = threading.local()
+
+
+class DeadlineExceeded(requests.Timeout):
+    """The whole attempt took longer than its deadline."""
+
+
+def _register(sock) -> None:
+    sockets = getattr(_attempt, "sockets", None)
+    if sockets is not None:
+        sockets.append(sock)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def connect(self):
+        super().connect()
+        _register(self.sock)
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def connect(self):
+        super().connect()
+        _register(self.sock)
+
+
+class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool,
+        }
+
+
+def post(url: str, deadline_seconds: float, **kwargs) -> requests.Response:
+    """POST like `requests.post`, reading the whole answer, within `deadline_seconds` in all."""
+    expired = threading.Event()
+    sockets = _attempt.sockets = []
+
+    def shut_down_sockets():
+        expired.set()
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    timer = threading.Timer(deadline_seconds, shut_down_sockets)
+    timer.daemon = True
+    try:
+        with requests.Session() as session:
+            session.trust_env = False  # no proxies or .netrc from the server's environment
+            session.mount("http://", _WatchedAdapter())
+            session.mount("https://", _WatchedAdapter())
+            timer.start()
+            response = session.post(url, timeout=deadline_seconds, **kwargs)
+            response.content  # noqa: B018 - read the whole body inside the deadline
+    except requests.RequestException as error:
+        if expired.is_set():
+            raise DeadlineExceeded(f"no complete answer within {deadline_seconds} s") from error
+        raise
+    finally:
+        timer.cancel()
+        _attempt.sockets = None
+    # A shut-down socket can also read as a clean, early end of the answer.
+    if expired.is_set():
+        raise DeadlineExceeded(f"no complete answer within {deadline_seconds} s")
+    return response
