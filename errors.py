@@ -3,7 +3,7 @@
 import logging
 
 from flask import Flask, Response, jsonify, request
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError, fields
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -24,6 +24,19 @@ class ApiError(Exception):
         self.message = message
         if status_code is not None:
             self.status_code = status_code
+
+
+class ErrorSchema(Schema):
+    """The error body that `error_response` builds, described for the API document."""
+
+    statusCode = fields.Integer(required=True, metadata={"description": "The HTTP status code."})
+    error = fields.String(required=True, metadata={"description": "The HTTP reason phrase."})
+    message = fields.String(required=True, metadata={"description": "What failed, and how to fix it."})
+    errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        metadata={"description": "Validation failures only: the reasons for each invalid field."},
+    )
 
 
 def error_response(status: int, message: str, errors: dict | None = None) -> Response:

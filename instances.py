@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from auth import Principal, generate_token, is_reserved_key, token_digest
 from errors import ApiError
 from events import CONNECTION_UPDATE, INSTANCE_CREATE, INSTANCE_DELETE, LOGOUT_INSTANCE, emit
-from models import CLOSE, EVOLUTION, OPEN, Instance, db
+from models import CLOSE, EVOLUTION, OPEN, Instance, db, is_valid_instance_name, is_valid_public_id
 from webhooks import apply_webhook
 
 logger = logging.getLogger(__name__)
@@ -113,6 +113,9 @@ def find_instances(principal: Principal, name: str, public_id: str, expose: bool
         return [own]
     if not (name or public_id) and not expose:
         return []
+    if (name and not is_valid_instance_name(name)) or (public_id and not is_valid_public_id(public_id)):
+        # No instance has such a name or id, and PostgreSQL fails on a query value with a NUL.
+        raise LookupError(name or public_id)
     query = select(Instance).order_by(Instance.pk)
     if name:
         query = query.where(Instance.name == name)

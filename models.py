@@ -46,6 +46,7 @@ PENDING, SERVER_ACK, ERROR, DELIVERY_ACK = "PENDING", "SERVER_ACK", "ERROR", "DE
 # The states of an outbox event (`Event.status`).
 PENDING_EVENT, DELIVERED, FAILED = "pending", "delivered", "failed"
 INSTANCE_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+PUBLIC_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 INSTANCE_NAME_RULE = "1 to 64 characters from A-Z a-z 0-9 _ . -, starting with a letter or digit"
 
 
@@ -59,6 +60,11 @@ def utc_now() -> datetime:
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+def is_valid_public_id(value: str) -> bool:
+    """Return whether a value has the form `new_uuid` gives every public id."""
+    return PUBLIC_ID_PATTERN.fullmatch(value) is not None
 
 
 class Instance(db.Model):

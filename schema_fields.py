@@ -3,15 +3,24 @@
 import re
 from datetime import datetime, timezone
 
-from marshmallow import EXCLUDE, Schema, ValidationError, fields
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, missing
 
 TEXT_MAX_LENGTH = 4096
 CUSTOM_TOKEN_PATTERN = re.compile(r"[\x21-\x7e]{16,128}")
-PHONE_SEPARATORS = re.compile(r"[\s().-]")
-# [0-9], not \d: \d also matches Arabic-Indic, fullwidth and other Unicode digits.
-PHONE_DIGITS = re.compile(r"[0-9]{8,15}")
-USER_JID = re.compile(r"[0-9]{8,15}@s\.whatsapp\.net")
-GROUP_JID = re.compile(r"[0-9]{1,60}(-[0-9]{1,60})?@g\.us")
+# re.ASCII: without it \d also matches other scripts' digits, such as "١٢٣".
+PHONE_SEPARATORS = re.compile(r"[\s().-]", re.ASCII)
+PHONE_DIGITS = re.compile(r"\d{8,15}", re.ASCII)
+USER_JID = re.compile(r"\d{8,15}@s\.whatsapp\.net", re.ASCII)
+GROUP_JID = re.compile(r"\d{1,60}(-\d{1,60})?@g\.us", re.ASCII)
+# The three rules above as one JSON Schema pattern, for the API document.
+RECIPIENT_PATTERN = (
+    r"^(\+?[\t\n\v\f\r ().-]*([0-9][\t\n\v\f\r ().-]*){8,15}"
+    r"|[0-9]{8,15}@s\.whatsapp\.net|[0-9]{1,60}(-[0-9]{1,60})?@g\.us)$"
+)
+RECIPIENT_RULE = (
+    "A phone number of 8 to 15 digits, with an optional leading + and spaces, dashes, dots or "
+    "parentheses; or a JID: 8 to 15 digits then @s.whatsapp.net, or a group's digits then @g.us."
+)
 
 
 class BodySchema(Schema):
@@ -40,8 +49,26 @@ class StrictInteger(fields.Integer):
 class Recipient(fields.String):
     """A phone number or JID, loaded as the JID it addresses."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.metadata = {"pattern": RECIPIENT_PATTERN, "description": RECIPIENT_RULE, **self.metadata}
+
     def _deserialize(self, value, attr, data, **kwargs):
         return normalise_number(super()._deserialize(value, attr, data, **kwargs))
+
+
+class Embedded(fields.Nested):
+    """A nested object dumped from the attributes of the object being dumped itself."""
+
+    def get_value(self, obj, attr, accessor=None, default=missing):
+        return obj
+
+
+class IsoTimestamp(fields.DateTime):
+    """A datetime dumped as ISO 8601 UTC with milliseconds, the format Evolution uses."""
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        return None if value is None else iso_timestamp(value)
 
 
 def normalise_number(value: str) -> str:

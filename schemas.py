@@ -2,21 +2,35 @@
 
 from marshmallow import Schema, ValidationError, fields, pre_load, validate, validates
 
-from models import EVOLUTION, INSTANCE_NAME_RULE, is_valid_instance_name
+from models import EVOLUTION, INSTANCE_NAME_PATTERN, INSTANCE_NAME_RULE, is_valid_instance_name
 from schema_fields import (
+    CUSTOM_TOKEN_PATTERN,
     PHONE_DIGITS,
+    TEXT_MAX_LENGTH,
     BodySchema,
+    Embedded,
+    IsoTimestamp,
     Recipient,
     StrictBoolean,
     StrictInteger,
     check_custom_token,
     check_storable,
     check_text,
-    iso_timestamp,
 )
 from webhook_schemas import CreateWebhookSchema
 
 MAX_DELAY_MS = 300_000
+# Field descriptions for the API document. The validators below enforce the same rules.
+NAME_DOCUMENT = {"pattern": f"^{INSTANCE_NAME_PATTERN.pattern}$", "description": INSTANCE_NAME_RULE}
+TOKEN_DOCUMENT = {
+    "pattern": f"^({CUSTOM_TOKEN_PATTERN.pattern})?$",
+    "description": "A custom token: 16 to 128 printable ASCII characters without white space. "
+                   "Empty or null means a generated token.",
+}
+OWN_NUMBER_DOCUMENT = {"pattern": "^([0-9]{8,15})?$", "description": "The instance's own phone number, 8 to 15 digits."}
+TEXT_DOCUMENT = {
+    "minLength": 1, "maxLength": TEXT_MAX_LENGTH, "description": "Not only white space, and without NUL characters.",
+}
 PRESENCES = ("available", "unavailable", "composing", "recording", "paused")
 # Request fields that configure features evogate does not implement; refused unless inert.
 UNSUPPORTED_OBJECTS = ("websocket", "rabbitmq", "nats", "sqs", "kafka", "pusher")
@@ -26,7 +40,7 @@ UNSUPPORTED_PREFIXES = ("proxy", "chatwoot", "webhook_", "webhookurl", "webhookb
 
 
 class TokenBodySchema(BodySchema):
-    token = fields.String(allow_none=True, load_default=None)
+    token = fields.String(allow_none=True, load_default=None, metadata=TOKEN_DOCUMENT)
 
     @validates("token")
     def validate_token(self, value, data_key):
@@ -35,9 +49,9 @@ class TokenBodySchema(BodySchema):
 
 
 class InstanceCreateSchema(TokenBodySchema):
-    instanceName = fields.String(required=True)
-    integration = fields.String(allow_none=True, load_default=None)
-    number = fields.String(allow_none=True, load_default=None)
+    instanceName = fields.String(required=True, metadata=NAME_DOCUMENT)
+    integration = fields.String(allow_none=True, load_default=None, metadata={"enum": [EVOLUTION, None]})
+    number = fields.String(allow_none=True, load_default=None, metadata=OWN_NUMBER_DOCUMENT)
     qrcode = StrictBoolean(allow_none=True, load_default=None)
     rejectCall = StrictBoolean(allow_none=True, load_default=None)
     msgCall = fields.String(allow_none=True, load_default=None, validate=check_storable)
@@ -106,7 +120,7 @@ class QuotedSchema(BodySchema):
 
 class SendTextSchema(BodySchema):
     number = Recipient(required=True)
-    text = fields.String(required=True, validate=check_text)
+    text = fields.String(required=True, validate=check_text, metadata=TEXT_DOCUMENT)
     delay = StrictInteger(load_default=0, validate=validate.Range(min=0, max=MAX_DELAY_MS))
     linkPreview = StrictBoolean(allow_none=True, load_default=None)
     mentionsEveryOne = StrictBoolean(allow_none=True, load_default=None)
@@ -144,28 +158,36 @@ class InstanceSchema(Schema):
     ownerJid = fields.String(attribute="owner_jid", allow_none=True)
     profileName = fields.String(attribute="profile_name", allow_none=True)
     profilePicUrl = fields.String(attribute="profile_pic_url", allow_none=True)
-    settings = fields.Function(lambda instance: SettingsSchema().dump(instance))
-    createdAt = fields.Function(lambda instance: iso_timestamp(instance.created_at))
-    updatedAt = fields.Function(lambda instance: iso_timestamp(instance.updated_at))
+    settings = Embedded(SettingsSchema)
+    createdAt = IsoTimestamp(attribute="created_at")
+    updatedAt = IsoTimestamp(attribute="updated_at")
+
+
+class MessageKeySchema(Schema):
+    remoteJid = fields.String(attribute="remote_jid")
+    fromMe = fields.Boolean(attribute="from_me")
+    id = fields.String(attribute="key_id")
+
+
+class MessageContentSchema(Schema):
+    conversation = fields.String(attribute="text")
 
 
 class MessageSchema(Schema):
     """A message as sendText answers it."""
 
-    key = fields.Function(lambda message: {
-        "remoteJid": message.remote_jid, "fromMe": message.from_me, "id": message.key_id,
-    })
+    key = Embedded(MessageKeySchema)
     status = fields.String()
-    message = fields.Function(lambda message: {"conversation": message.text})
+    message = Embedded(MessageContentSchema)
     messageType = fields.String(attribute="message_type")
     messageTimestamp = fields.Integer(attribute="message_timestamp")
-    instanceId = fields.Function(lambda message: message.instance.public_id)
+    instanceId = fields.String(attribute="instance.public_id")
 
 
 class MessageRecordSchema(MessageSchema):
     """A stored message as findMessages lists it and the inbound webhook answers it."""
 
-    id = fields.Function(lambda message: str(message.pk))
+    id = fields.String(attribute="pk")
     pushName = fields.String(attribute="push_name", allow_none=True)
 
 
@@ -175,7 +197,7 @@ class InboundKeySchema(BodySchema):
 
 
 class InboundContentSchema(BodySchema):
-    conversation = fields.String(required=True, validate=check_text)
+    conversation = fields.String(required=True, validate=check_text, metadata=TEXT_DOCUMENT)
 
 
 class InboundMessageSchema(BodySchema):

@@ -4,7 +4,8 @@ Only answers of 401 count, per client address. Once an address is over
 AUTHENTICATION_FAILURE_LIMIT, every request from it that needs a key is answered 429 with
 `Retry-After`, in a hook that runs before the key is looked at, so guessing costs no database
 work. With RATELIMIT_STORAGE_URI naming Redis, all workers and hosts share one count. Routes
-that need no key (`/`, the health probes) are never throttled, so probes keep working.
+that need no key (`/`, the health probes, the API documentation) are never throttled, so probes
+keep working.
 """
 
 import time

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 from marshmallow import Schema, ValidationError, fields, validates, validates_schema
 
 from events import EVENT_NAMES
-from schema_fields import BodySchema, StrictBoolean, iso_timestamp
+from schema_fields import BodySchema, IsoTimestamp, StrictBoolean
 
 HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 RESERVED_HEADER_PREFIX = "x-webhook-"
@@ -27,7 +27,13 @@ class WebhookSchema(BodySchema):
 
     enabled = StrictBoolean(required=True)
     url = fields.String(allow_none=True, load_default=None)
-    events = fields.List(fields.String(), allow_none=True, load_default=None)
+    events = fields.List(
+        fields.String(metadata={"enum": list(EVENT_NAMES)}),
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "Omitted or empty: every event. Dotted lower-case names such as send.message "
+                                 "are accepted too."},
+    )
     byEvents = StrictBoolean(load_default=False)
     base64 = StrictBoolean(load_default=False)
     headers = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True, load_default=None)
@@ -99,9 +105,9 @@ class WebhookAnswerSchema(Schema):
     webhookByEvents = fields.Boolean(attribute="by_events")
     webhookBase64 = fields.Boolean(attribute="base64")
     secret = fields.String()
-    createdAt = fields.Function(lambda webhook: iso_timestamp(webhook.created_at))
-    updatedAt = fields.Function(lambda webhook: iso_timestamp(webhook.updated_at))
-    instanceId = fields.Function(lambda webhook: webhook.instance.public_id)
+    createdAt = IsoTimestamp(attribute="created_at")
+    updatedAt = IsoTimestamp(attribute="updated_at")
+    instanceId = fields.String(attribute="instance.public_id")
 
 
 webhook_set_schema = WebhookSetSchema()

@@ -6,7 +6,7 @@ from flask import Flask, abort, request
 
 
 def register_blueprints(app: Flask) -> None:
-    from routes import chat, instances, messages, monitoring, status, webhooks
+    from routes import chat, docs, instances, messages, monitoring, status, webhooks
 
     app.register_blueprint(status.bp)
     app.register_blueprint(instances.bp)
@@ -14,6 +14,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(monitoring.bp)
+    app.register_blueprint(docs.bp)
 
 
 JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
