@@ -142,7 +142,7 @@ def describe_operation(rule: Rule, view, operation: Operation) -> dict:
         "summary": first_line(view.__doc__),
         "tags": [rule.endpoint.split(".")[0]],
         "responses": success_responses(operation.responses) | error_responses(errors),
-        "security": [] if public else [{SECURITY_SCHEME: []}],
+        "security": security_requirements(view),
     }
     parameters = path_parameters(rule) + list(operation.parameters)
     if parameters:
@@ -153,6 +153,16 @@ def describe_operation(rule: Rule, view, operation: Operation) -> dict:
             "content": {"application/json": {"schema": operation.body}},
         }
     return description
+
+
+def security_requirements(view) -> list[dict]:
+    """Return who may call the view: anyone, the `apikey` header, or either for /metrics."""
+    scope = getattr(view, "auth_scope", auth.INSTANCE_PATH)
+    if scope == auth.PUBLIC:
+        return []
+    if scope == auth.GLOBAL_OR_SCRAPER:
+        return [{SECURITY_SCHEME: []}, {}]  # no key from an address in METRICS_ALLOWED_IPS
+    return [{SECURITY_SCHEME: []}]
 
 
 def path_parameters(rule: Rule) -> list[dict]:

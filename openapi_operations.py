@@ -125,6 +125,12 @@ OPERATIONS = {
         },
         body=InboundMessageSchema,
     ),
+    "monitoring.export_metrics": Operation(
+        {200: SuccessResponse(
+            "Prometheus metrics in the text exposition format, added up over all workers.",
+            content={"text/plain": {"schema": TEXT}},
+        )},
+    ),
     "chat.find_messages": Operation(
         {200: SuccessResponse("One page of messages, newest first.", MessagesResponseSchema)},
         body=FindMessagesSchema,

@@ -66,10 +66,18 @@ def test_public_routes_need_no_key(document, path):
 
 def test_other_routes_need_key(document):
     for path, method, operation in operations(document):
-        if path in PUBLIC_PATHS:
+        if path in PUBLIC_PATHS or path == "/metrics":
             continue
         assert operation["security"] == [{"apikey": []}], f"{method.upper()} {path}"
         assert KEY_ERRORS <= set(operation["responses"]), f"{method.upper()} {path}"
+
+
+def test_metrics_needs_key_or_allowed_address(document):
+    operation = document["paths"]["/metrics"]["get"]
+
+    assert operation["security"] == [{"apikey": []}, {}]
+    assert KEY_ERRORS <= set(operation["responses"])
+    assert "text/plain" in operation["responses"]["200"]["content"]
 
 
 def test_every_operation_documents_500(document):
