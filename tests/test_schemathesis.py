@@ -22,7 +22,9 @@ INSTANCES = ("shop1", "shop2", "closed1", "doomed1", "doomed2")
 MIN_CASES_PER_OPERATION = 100
 TIME_LIMIT_SECONDS = 300
 # These take no parameter and no body, so only one distinct request exists for each.
-OPERATIONS_WITHOUT_INPUT = {"GET /", "GET /health/live", "GET /health/ready", "GET /openapi.json", "GET /docs"}
+OPERATIONS_WITHOUT_INPUT = {
+    "GET /", "GET /health/live", "GET /health/ready", "GET /openapi.json", "GET /docs", "GET /metrics",
+}
 
 
 @pytest.fixture

@@ -151,23 +151,30 @@ def test_count_shared_across_workers(backend, server_factory, redis_url):
         backend, workers=4, AUTHENTICATION_FAILURE_LIMIT=f"{limit}/hour", RATELIMIT_STORAGE_URI=redis_url,
         TRUSTED_PROXY_COUNT="1", GUNICORN_CMD_ARGS=WORKER_PID_ACCESS_LOG,
     )
-    address = random_forwarded_address()
+    # The kernel hands connections to whichever worker accepts first, so on a busy machine one
+    # worker may take a whole burst; a burst that reached one worker proves nothing, so up to
+    # three bursts are sent, each from a new address.
+    for _burst in range(3):
+        address = random_forwarded_address()
 
-    def send_failure(_attempt: int) -> int:
-        return server.request("GET", FETCH, wrong_key(), headers=forwarded_for(address))[0]
+        def send_failure(_attempt: int, address=address) -> int:
+            return server.request("GET", FETCH, wrong_key(), headers=forwarded_for(address))[0]
 
-    # Parallel requests keep all four workers busy, so the failures spread over them.
-    with ThreadPoolExecutor(concurrency) as pool:
-        statuses = Counter(pool.map(send_failure, range(4 * limit)))
+        # Parallel requests keep all four workers busy, so the failures spread over them.
+        with ThreadPoolExecutor(concurrency) as pool:
+            statuses = Counter(pool.map(send_failure, range(4 * limit)))
 
-    assert set(statuses) == {401, 429}, statuses
-    # A request is checked against the count before it is answered and counted after, so
-    # requests in flight together can pass the limit by fewer than the number of workers.
-    # A count kept per worker would allow up to four times the limit.
-    assert limit <= statuses[401] < limit + 4, statuses
-    workers_that_failed_keys = {
-        pid for pid, status, client in WORKER_PID_PATTERN.findall(server.log()) if status == "401" and client == address
-    }
+        assert set(statuses) == {401, 429}, statuses
+        # A request is checked against the count before it is answered and counted after, so
+        # requests in flight together can pass the limit by fewer than the number of workers.
+        # A count kept per worker would allow up to four times the limit.
+        assert limit <= statuses[401] < limit + 4, statuses
+        workers_that_failed_keys = {
+            pid for pid, status, client in WORKER_PID_PATTERN.findall(server.log())
+            if status == "401" and client == address
+        }
+        if len(workers_that_failed_keys) >= 2:
+            break
     assert len(workers_that_failed_keys) >= 2, f"all failures went to workers {workers_that_failed_keys}"
     assert_throttled_answer(*server.request("GET", FETCH, GLOBAL_KEY, headers=forwarded_for(address)), 3600)
 
