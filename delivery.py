@@ -98,13 +98,17 @@ def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
         query = query.with_for_update(skip_locked=True, of=Event)
     token = str(uuid.uuid4())
     claims = []
+    abandoned = []
     for event in db.session.scalars(query):
         if event.attempts >= current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]:
             # Every attempt was claimed but none recorded (the process died each time): give up
             # rather than claim it for ever and hold up the rest of its queue.
             event.status, event.finished_at = FAILED, now
             event.last_error = "no attempt finished; the sending process stopped each time"
+            db.session.add(DeliveryAttempt(event_pk=event.pk, number=event.attempts, attempted_at=now,
+                                           error=event.last_error))
             settle_message(event.message_pk, ERROR)
+            abandoned.append(event.public_id)
             continue
         event.attempts += 1
         event.lease_until = now + timedelta(seconds=lease_seconds)
@@ -115,6 +119,9 @@ def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
             attempt=event.attempts, lease_token=token,
         ))
     db.session.commit()
+    for public_id in abandoned:
+        logger.warning("Delivery %s failed for good: none of its attempts finished", public_id)
+        metrics.count_delivery_attempt(metrics.ATTEMPT_GAVE_UP)
     return claims
 
 

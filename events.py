@@ -61,7 +61,7 @@ def emit(instance: Instance, name: str, data: dict, due_at: datetime | None = No
     if webhook is not None and webhook.wants(name):
         add_event(
             instance, name, data, now, due_at,
-            queue=f"instance:{instance.pk}", url=receiver_url(webhook.url, name, webhook.by_events),
+            queue=f"instance:{instance.public_id}", url=receiver_url(webhook.url, name, webhook.by_events),
             headers=webhook.headers or {}, secret=webhook.secret,
             message_pk=message.pk if message is not None and name == SEND_MESSAGE else None,
         )
@@ -69,7 +69,7 @@ def emit(instance: Instance, name: str, data: dict, due_at: datetime | None = No
     if config["WEBHOOK_GLOBAL_ENABLED"]:
         add_event(
             instance, name, data, now, due_at,
-            queue=f"global:{instance.pk}",
+            queue=f"global:{instance.public_id}",
             url=receiver_url(config["WEBHOOK_GLOBAL_URL"], name, config["WEBHOOK_GLOBAL_WEBHOOK_BY_EVENTS"]),
             headers={}, secret=config["WEBHOOK_GLOBAL_SECRET"], message_pk=None,
         )

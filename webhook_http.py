@@ -4,6 +4,9 @@ requests' own timeout applies to each socket operation, so a receiver that sends
 one byte at a time could hold an attempt open for ever. Here every connection an attempt
 opens is registered, and a timer shuts those sockets down when the deadline passes; the
 blocked read then fails and the attempt counts as timed out.
+
+NOTE: a name lookup cannot be interrupted, so a resolver that hangs can still stretch an
+attempt past its deadline; the lease margin of the delivery worker absorbs a few seconds.
 """
 
 import socket
@@ -23,8 +26,19 @@ class DeadlineExceeded(requests.Timeout):
 
 def _register(sock) -> None:
     sockets = getattr(_attempt, "sockets", None)
-    if sockets is not None:
-        sockets.append(sock)
+    if sockets is None:
+        return
+    sockets.append(sock)
+    if _attempt.expired.is_set():
+        # Connecting took the whole deadline (a slow handshake), so the timer found no socket.
+        _shut_down(sock)
+
+
+def _shut_down(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
 
 
 class _WatchedHTTPConnection(HTTPConnection):
@@ -57,16 +71,13 @@ class _WatchedAdapter(HTTPAdapter):
 
 def post(url: str, deadline_seconds: float, **kwargs) -> requests.Response:
     """POST like `requests.post`, reading the whole answer, within `deadline_seconds` in all."""
-    expired = threading.Event()
+    expired = _attempt.expired = threading.Event()
     sockets = _attempt.sockets = []
 
     def shut_down_sockets():
         expired.set()
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed
+        for sock in list(sockets):
+            _shut_down(sock)
 
     timer = threading.Timer(deadline_seconds, shut_down_sockets)
     timer.daemon = True

@@ -735,3 +735,21 @@ def test_request_timeout_bounds_slow_response(server_factory, receivers):
         time.sleep(0.2)
     assert message_statuses(server, "shop1")[key_id] == "ERROR"
     assert len(receiver.snapshot()) == 2
+
+
+def test_new_instance_not_queued_behind_deleted_one(server_factory, receivers):
+    """SQLite may give a new instance the row id of a deleted one; their queues stay apart.
+
+    SQLite only: PostgreSQL never reuses a sequence value.
+    """
+    down_receiver, up_receiver = receivers(), receivers()
+    down_receiver.down()
+    server = server_factory("sqlite", WEBHOOK_RETRY_INITIAL_DELAY_SECONDS="30", WEBHOOK_RETRY_MAX_DELAY_SECONDS="30")
+    create_instance(server, "old-shop", webhook={"url": down_receiver.url(), "events": ["SEND_MESSAGE"]})
+    send_text(server, "old-shop", "stuck behind a receiver that is down")
+    assert server.request("DELETE", "/instance/delete/old-shop", GLOBAL_KEY)[0] == 200
+
+    create_instance(server, "new-shop", webhook={"url": up_receiver.url(), "events": ["INSTANCE_CREATE"]})
+
+    created = up_receiver.wait_for_count(1, 10, event="instance.create", instance="new-shop")
+    assert len(created) == 1
