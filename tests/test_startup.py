@@ -10,6 +10,8 @@ import signal
 import ssl
 import stat
 import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -19,7 +21,7 @@ import globalkey
 from app import create_app
 from database import upgrade_schema
 from tests.conftest import GLOBAL_KEY
-from tests.server import REPO, Gunicorn
+from tests.server import REPO, Gunicorn, free_port, server_environment
 
 # The master exits before it forks any worker, so this limit leaves room for a slow, busy machine.
 EXIT_TIMEOUT_SECONDS = 10
@@ -240,3 +242,33 @@ def test_https_rejects_unknown_certificate_authority(tmp_path):
         server.stop()
 
     assert isinstance(failure.value.reason, ssl.SSLCertVerificationError)
+
+
+def test_development_server_serves_https(tmp_path):
+    """`make dev` runs devserver.py, which serves TLS with the same settings as gunicorn."""
+    certificate, private_key = make_self_signed_certificate(tmp_path)
+    port = free_port()
+    environment = server_environment({
+        **base_environment(tmp_path),
+        "SERVER_TYPE": "https", "SSL_CONF_FULLCHAIN": certificate, "SSL_CONF_PRIVKEY": private_key,
+        "SERVER_PORT": str(port),
+    })
+    context = ssl.create_default_context(cafile=certificate)
+    process = subprocess.Popen([sys.executable, "devserver.py"], cwd=REPO, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    status = None
+    try:
+        deadline = time.monotonic() + 30
+        while status is None and time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/health/live", timeout=5, context=context) as reply:
+                    status = reply.status
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        plain_http_status = plain_http_status_of(port)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(10)
+
+    assert status == 200
+    assert plain_http_status is None, "the development server answered plain HTTP"
