@@ -94,6 +94,18 @@ def begin_write() -> None:
     db.session.connection(execution_options={"sqlite_begin_immediate": True})
 
 
+def begin_read() -> None:
+    """Run the session's queries without a transaction on PostgreSQL (autocommit).
+
+    Call it before the first query of a request that only reads. Each query then takes one
+    round trip, without BEGIN and ROLLBACK around it, and reads every commit made before it.
+    SQLite keeps its transactions, which cost no round trip there. It has no effect when the
+    session's transaction has already begun.
+    """
+    if db.engine.dialect.name == "postgresql":
+        db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
 def upgrade_schema(app: Flask) -> None:
     """Bring the schema to the newest migration, one process at a time across hosts."""
     with app.app_context():

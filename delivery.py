@@ -76,9 +76,31 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "v1=" + digest.hexdigest()
 
 
+def claimable(now: datetime):
+    """Return the conditions of a pending event that is due and not leased at `now`."""
+    return (
+        Event.status == PENDING_EVENT,
+        Event.next_attempt_at <= now,
+        or_(Event.lease_until.is_(None), Event.lease_until <= now),
+    )
+
+
+def any_event_due(now: datetime) -> bool:
+    """Return whether some event could be claimed, in a read-only transaction that ends here.
+
+    An idle worker polls with this check alone, so on SQLite it takes no write lock (BEGIN
+    IMMEDIATE) and does not hold up requests that write.
+    """
+    found = db.session.scalar(select(Event.pk).where(*claimable(now)).limit(1))
+    db.session.rollback()
+    return found is not None
+
+
 def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
     """Lease up to `limit` due events, each the oldest pending event of its queue."""
     now = utc_now()
+    if not any_event_due(now):
+        return []
     earlier = aliased(Event)
     has_earlier = exists().where(
         earlier.queue == Event.queue,
@@ -87,8 +109,7 @@ def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
     )
     query = (
         select(Event)
-        .where(Event.status == PENDING_EVENT, Event.next_attempt_at <= now, ~has_earlier)
-        .where(or_(Event.lease_until.is_(None), Event.lease_until <= now))
+        .where(*claimable(now), ~has_earlier)
         .order_by(Event.due_at, Event.pk)
         .limit(limit)
     )
@@ -251,11 +272,15 @@ class DeliveryWorker:
         self.pool = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="evogate-delivery")
         self.in_flight = 0
         self.lock = threading.Lock()
+        # Set when a delivery finishes: the next event of its queue can be claimed at once
+        # instead of after the poll interval, so a busy queue is not paced by polling.
+        self.delivery_finished = threading.Event()
 
     def run(self) -> None:
         config = self.app.config
         lease_seconds = config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000 + LEASE_MARGIN_SECONDS
         while True:
+            self.delivery_finished.clear()
             with self.lock:
                 free = SENDER_THREADS - self.in_flight
             claims = self.claim(free, lease_seconds) if free > 0 else []
@@ -264,7 +289,7 @@ class DeliveryWorker:
                     self.in_flight += 1
                 self.pool.submit(self.process, claim)
             if not claims:
-                time.sleep(config["WEBHOOK_POLL_INTERVAL_SECONDS"])
+                self.delivery_finished.wait(config["WEBHOOK_POLL_INTERVAL_SECONDS"])
 
     def claim(self, limit: int, lease_seconds: float) -> list[Claim]:
         with self.app.app_context():
@@ -290,6 +315,7 @@ class DeliveryWorker:
         finally:
             with self.lock:
                 self.in_flight -= 1
+            self.delivery_finished.set()
 
 
 _started_in_pid: int | None = None

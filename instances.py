@@ -13,7 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from auth import Principal, generate_token, is_reserved_key, token_digest
 from errors import ApiError
 from events import CONNECTION_UPDATE, INSTANCE_CREATE, INSTANCE_DELETE, LOGOUT_INSTANCE, emit
-from models import CLOSE, EVOLUTION, OPEN, Instance, db, is_valid_instance_name, is_valid_public_id
+from models import (
+    CLOSE,
+    EVOLUTION,
+    INSTANCE_LISTING_COLUMNS,
+    OPEN,
+    Instance,
+    db,
+    is_valid_instance_name,
+    is_valid_public_id,
+)
 from webhooks import apply_webhook
 
 logger = logging.getLogger(__name__)
@@ -100,8 +109,10 @@ def rotate_token(instance: Instance, custom_token: str | None) -> str:
     return token
 
 
-def find_instances(principal: Principal, name: str, public_id: str, expose: bool) -> list[Instance]:
+def find_instances(principal: Principal, name: str, public_id: str, expose: bool) -> list:
     """Return the instances `fetchInstances` shows to this principal, in creation order.
+
+    An instance token gets its own Instance; the global key gets rows of INSTANCE_LISTING_COLUMNS.
 
     Raises PermissionError when an instance token filters for another instance, and
     LookupError (with the filter value) when a global-key filter matches nothing.
@@ -116,12 +127,12 @@ def find_instances(principal: Principal, name: str, public_id: str, expose: bool
     if (name and not is_valid_instance_name(name)) or (public_id and not is_valid_public_id(public_id)):
         # No instance has such a name or id, and PostgreSQL fails on a query value with a NUL.
         raise LookupError(name or public_id)
-    query = select(Instance).order_by(Instance.pk)
+    query = select(*INSTANCE_LISTING_COLUMNS).order_by(Instance.pk)
     if name:
         query = query.where(Instance.name == name)
     if public_id:
         query = query.where(Instance.public_id == public_id)
-    found = list(db.session.scalars(query))
+    found = list(db.session.execute(query))
     if (name or public_id) and not found:
         raise LookupError(name or public_id)
     return found

@@ -21,6 +21,8 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    bindparam,
+    select,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -38,7 +40,9 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-db = SQLAlchemy(model_class=Base)
+# Sessions last one request or one delivery step, so objects need no reload after a commit:
+# keeping their values saves a SELECT per object that an answer or a log line reads afterwards.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 
 OPEN, CLOSE, CONNECTING = "open", "close", "connecting"
 EVOLUTION = "EVOLUTION"
@@ -65,6 +69,11 @@ def new_uuid() -> str:
 def is_valid_public_id(value: str) -> bool:
     """Return whether a value has the form `new_uuid` gives every public id."""
     return PUBLIC_ID_PATTERN.fullmatch(value) is not None
+
+
+def owner_jid(number: str | None) -> str | None:
+    """Return the WhatsApp JID of an instance's own number, or None without a number."""
+    return f"{number}@s.whatsapp.net" if number else None
 
 
 class Instance(db.Model):
@@ -106,11 +115,11 @@ class Instance(db.Model):
         """Return the instance with exactly this name; a name that breaks the rule matches none."""
         if not is_valid_instance_name(name):
             return None
-        return db.session.scalar(db.select(cls).where(cls.name == name))
+        return db.session.scalar(INSTANCE_BY_NAME, {"name": name})
 
     @property
     def owner_jid(self) -> str | None:
-        return f"{self.number}@s.whatsapp.net" if self.number else None
+        return owner_jid(self.number)
 
     @property
     def settings(self) -> dict:
@@ -126,6 +135,17 @@ class Instance(db.Model):
 
     def __repr__(self) -> str:
         return f"<Instance {self.name}>"
+
+
+# Built once, because building the statement per request cost about as much as running it.
+INSTANCE_BY_NAME = select(Instance).where(Instance.name == bindparam("name"))
+# The columns `fetchInstances` shows: selected alone, a long listing skips building ORM objects.
+INSTANCE_LISTING_COLUMNS = (
+    Instance.public_id, Instance.name, Instance.connection_status, Instance.integration, Instance.number,
+    Instance.profile_name, Instance.profile_pic_url, Instance.reject_call, Instance.msg_call,
+    Instance.groups_ignore, Instance.always_online, Instance.read_messages, Instance.read_status,
+    Instance.sync_full_history, Instance.created_at, Instance.updated_at,
+)
 
 
 class Message(db.Model):

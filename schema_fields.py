@@ -108,6 +108,8 @@ def check_custom_token(value: str) -> None:
 
 def iso_timestamp(moment: datetime) -> str:
     """Format a datetime as ISO 8601 UTC with milliseconds, as Evolution does."""
-    if moment.tzinfo is None:  # SQLite returns naive datetimes; they were stored as UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # SQLite returns naive datetimes, which were stored as UTC. Aware ones are converted to UTC.
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    # isoformat truncates the microseconds to milliseconds.
+    return moment.isoformat(timespec="milliseconds") + "Z"

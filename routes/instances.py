@@ -1,15 +1,17 @@
 """Instance routes: create, list, state changes, token rotation and delete."""
 
-from flask import Blueprint, abort, current_app, g, request
+from collections.abc import Iterator
+
+from flask import Blueprint, Response, abort, current_app, g, request, stream_with_context
 
 import instances
 from auth import any_principal, global_only, reject
 from database import writes
 from routes import json_body
 from schemas import (
+    dump_instance_listing,
     instance_create_schema,
     instance_summary_schema,
-    instances_schema,
     presence_schema,
     settings_schema,
     token_body_schema,
@@ -18,6 +20,8 @@ from schemas import (
 bp = Blueprint("instances", __name__, url_prefix="/instance")
 # Answers that show a token must not be kept by browsers or proxies.
 NO_STORE = {"Cache-Control": "no-store"}
+# Listings longer than this are sent in chunks of this many instances.
+LISTING_CHUNK_SIZE = 500
 
 
 def state_answer(instance):
@@ -61,7 +65,25 @@ def fetch_instances():
         reject(403, "forbidden")
     except LookupError as error:
         abort(404, f'Instance "{error.args[0]}" not found')
-    return instances_schema.dump(found)
+    if len(found) <= LISTING_CHUNK_SIZE:
+        return dump_instance_listing(found)
+    return Response(stream_with_context(encode_listing(found)), mimetype="application/json")
+
+
+def encode_listing(found: list) -> Iterator[str]:
+    """Yield a long listing's JSON array a chunk of instances at a time.
+
+    The text is the same as a jsonify response's, but only one chunk's dicts and text exist at
+    once, so a listing of thousands of instances needs less memory at its peak.
+    """
+    yield "["
+    for start in range(0, len(found), LISTING_CHUNK_SIZE):
+        if start:
+            yield ","
+        chunk = current_app.json.dumps(dump_instance_listing(found[start:start + LISTING_CHUNK_SIZE]),
+                                       separators=(",", ":"))
+        yield chunk[1:-1]
+    yield "]\n"
 
 
 @bp.get("/connect/<name>")

@@ -859,3 +859,41 @@ def test_closed_instance_validates_body_first(api):
 
     assert response.status_code == 400
     assert "text" in response.get_json()["message"]
+
+
+def test_listing_dump_matches_schema(app, api):
+    """fetchInstances' hand-written dump gives exactly what InstanceSchema gives, key order included."""
+    from models import INSTANCE_LISTING_COLUMNS
+    from schemas import dump_instance_listing, instances_schema
+
+    api.create_instance("listed-plain")
+    api.create_instance("listed-custom", number="5511912345678", **CUSTOM_SETTINGS)
+    with app.app_context():
+        objects = list(db.session.scalars(select(Instance).order_by(Instance.pk)))
+        rows = list(db.session.execute(select(*INSTANCE_LISTING_COLUMNS).order_by(Instance.pk)))
+        expected = instances_schema.dump(objects)
+        assert len(expected) == 2
+        assert dump_instance_listing(objects) == expected
+        assert dump_instance_listing(rows) == expected
+        assert [list(entry) for entry in dump_instance_listing(rows)] == [list(entry) for entry in expected]
+        assert [list(entry["settings"]) for entry in dump_instance_listing(rows)] == [
+            list(entry["settings"]) for entry in expected
+        ]
+
+
+def test_listing_in_chunks_matches_whole(app, api, monkeypatch):
+    """A listing longer than one chunk is streamed, with the same bytes as a listing sent whole."""
+    import routes.instances
+
+    for index in range(5):
+        api.create_instance(f"chunked-{index}")
+    whole = api.request("GET", "/instance/fetchInstances", GLOBAL_KEY)
+    monkeypatch.setattr(routes.instances, "LISTING_CHUNK_SIZE", 2)
+    chunked = api.request("GET", "/instance/fetchInstances", GLOBAL_KEY)
+
+    assert whole.status_code == 200
+    assert chunked.status_code == 200
+    assert chunked.is_streamed
+    assert chunked.mimetype == "application/json"
+    assert len(whole.get_json()) == 5
+    assert chunked.get_data() == whole.get_data()
