@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 import auth
 import cli
 import database
-import delivery
+import delivery_worker
 import errors
 import globalkey
 import metrics
@@ -42,7 +42,7 @@ def create_app(config: Mapping[str, str] | None = None, instance_path: str | Non
     requestid.init_app(app)
     throttle.init_app(app)
     app.before_request(auth.guard)
-    delivery.init_app(app)
+    delivery_worker.init_app(app)
     app.after_request(add_security_headers)
     init_cors(app)
     register_blueprints(app)

@@ -130,10 +130,16 @@ def matches_previous_key(key: str) -> bool:
 INSTANCE_BY_TOKEN_DIGEST = select(Instance).where(Instance.token_digest == bindparam("digest"))
 
 
-def resolve(key: str) -> Principal | None:
-    """Return the principal a presented key stands for, or None for an unknown key."""
+def resolve(key: str, reads_only: bool = False) -> Principal | None:
+    """Return the principal a presented key stands for, or None for an unknown key.
+
+    With `reads_only`, a token lookup starts the request's session without a transaction
+    (`database.begin_read`); the global key needs no database at all.
+    """
     if is_global_key(key):
         return Principal(instance=None)
+    if reads_only:
+        database.begin_read()
     instance = db.session.scalar(INSTANCE_BY_TOKEN_DIGEST, {"digest": token_digest(key)})
     return Principal(instance=instance) if instance is not None else None
 
@@ -150,12 +156,11 @@ def guard() -> None:
     key = request.headers.get("apikey", "")
     if scope == GLOBAL_OR_SCRAPER and not key and is_allowed_scraper():
         return
-    if request.method not in SAFE_METHODS or getattr(view, "writes", False):
+    writes = request.method not in SAFE_METHODS or getattr(view, "writes", False)
+    if writes:
         database.begin_write()
-    else:
-        database.begin_read()
 
-    principal = resolve(key) if key else None
+    principal = resolve(key, reads_only=not writes) if key else None
     if principal is None:
         reject(401, "unknown" if key else "missing")
     g.principal = principal

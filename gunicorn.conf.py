@@ -53,9 +53,9 @@ if settings["SERVER_TYPE"] == "https":
 
 def post_worker_init(worker):
     """Start the webhook delivery worker in each gunicorn worker as soon as it has booted."""
-    import delivery
+    import delivery_worker
 
-    delivery.ensure_started(worker.wsgi)
+    delivery_worker.ensure_started(worker.wsgi)
 
 
 def on_starting(server):
