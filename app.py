@@ -31,6 +31,8 @@ def create_app(config: Mapping[str, str] | None = None, instance_path: str | Non
     app = Flask(__name__, static_folder=None, instance_path=instance_path)
     app.config.update(settings)
     app.json.sort_keys = False
+    # `/instance//create` is an unknown route (404), not a redirect built from the Host header.
+    app.url_map.merge_slashes = False
     if not app.config["AUTHENTICATION_API_KEY"]:
         app.config["AUTHENTICATION_API_KEY"] = globalkey.load_or_create(app.instance_path)
     warn_about_unknown_variables(app)

@@ -17,6 +17,7 @@ from flask import abort, current_app, g, request
 from sqlalchemy import bindparam, select
 
 import database
+from logsafe import printable
 import metrics
 from models import Instance, db
 
@@ -197,7 +198,7 @@ def bind_path_instance(principal: Principal, name: str) -> Instance:
 def reject(status: int, reason: str) -> None:
     logger.warning(
         "Authentication failed: reason=%s method=%s path=%s client=%s request_id=%s",
-        reason, request.method, request.path, request.remote_addr, g.get("request_id"),
+        reason, printable(request.method), printable(request.path), request.remote_addr, g.get("request_id"),
     )
     metrics.count_authentication_failure(reason)
     abort(status, "Unauthorized" if status == 401 else "Forbidden")

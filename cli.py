@@ -74,7 +74,7 @@ def existing_instance(name: str) -> Instance:
     """Return the instance named NAME, or stop the command with exit status 1."""
     instance = Instance.find_by_name(name)
     if instance is None:
-        raise click.ClickException(f'The "{name}" instance does not exist; `flask instances list` shows the names.')
+        raise click.ClickException(f'The "{name}" instance does not exist; `flask --app wsgi instances list` shows the names.')
     return instance
 
 

@@ -4,8 +4,11 @@ import logging
 
 from flask import Flask, Response, jsonify, request
 from marshmallow import Schema, ValidationError, fields
+from sqlalchemy.orm.exc import StaleDataError
 from werkzeug.exceptions import HTTPException, InternalServerError, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES
+
+from models import db
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,15 @@ def handle_validation_error(error: ValidationError) -> Response:
     return error_response(400, message, errors)
 
 
+def handle_stale_instance(error: StaleDataError) -> Response:
+    """Answer a change to an instance that another request deleted in the meantime."""
+    db.session.rollback()
+    name = (request.view_args or {}).get("name")
+    if name is not None:
+        return error_response(404, f'The "{name}" instance does not exist')
+    return error_response(409, "The data changed while the request ran; try again.")
+
+
 def handle_too_large(error: RequestEntityTooLarge) -> Response:
     drain_request_body()
     return error_response(413, "The request body is larger than 1 MiB; send a smaller body.")
@@ -109,3 +121,4 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ValidationError, handle_validation_error)
     app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(StaleDataError, handle_stale_instance)

@@ -44,6 +44,7 @@ loglevel = settings["LOG_LEVEL"].lower()
 accesslog = "-"
 errorlog = "-"
 # The path without its query string, so a key put in a URL by mistake is never logged.
+logger_class = "logsafe.AccessLogger"
 access_log_format = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(B)s %(M)sms rid=%({x-request-id}o)s'
 
 if settings["SERVER_TYPE"] == "https":

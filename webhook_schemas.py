@@ -10,6 +10,11 @@ from schema_fields import BodySchema, IsoTimestamp, StrictBoolean
 
 HEADER_NAME_PATTERN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
 RESERVED_HEADER_PREFIX = "x-webhook-"
+# Headers that frame or route the HTTP message itself: set by the HTTP client, never by a user.
+RESERVED_HEADERS = {
+    "content-type", "content-length", "transfer-encoding", "host", "connection", "keep-alive",
+    "upgrade", "te", "trailer", "expect", "proxy-authorization", "proxy-connection",
+}
 SECRET_PATTERN = re.compile(r"[\x21-\x7e]{16,256}")
 URL_MAX_LENGTH = 2048
 HEADER_VALUE_MAX_LENGTH = 4096
@@ -64,7 +69,7 @@ class WebhookSchema(BodySchema):
         for name, header_value in (value or {}).items():
             if not HEADER_NAME_PATTERN.fullmatch(name):
                 raise ValidationError(f'Invalid header name "{name}".')
-            if name.lower() == "content-type" or name.lower().startswith(RESERVED_HEADER_PREFIX):
+            if name.lower() in RESERVED_HEADERS or name.lower().startswith(RESERVED_HEADER_PREFIX):
                 raise ValidationError(f'Header "{name}" is set by evogate and cannot be configured.')
             if not HEADER_VALUE_PATTERN.fullmatch(header_value):
                 raise ValidationError(

@@ -70,5 +70,5 @@ def check_destination(url: str) -> None:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
             ip = ip.ipv4_mapped
-        if not ip.is_global or ip.is_multicast:
+        if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_private or ip.is_loopback:
             raise BlockedDestination(f'The webhook host "{host}" resolves to a non-public address ({ip})')

@@ -2,7 +2,7 @@
 
 import json
 
-from flask import Flask, abort, request
+from flask import Flask, abort, current_app, request
 
 
 def register_blueprints(app: Flask) -> None:
@@ -20,6 +20,14 @@ def register_blueprints(app: Flask) -> None:
 JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
 
+def reject_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    body = dict(pairs)
+    if len(body) != len(pairs):
+        duplicate = next(key for index, (key, _) in enumerate(pairs) if key in dict(pairs[:index]))
+        raise ValueError(f'the key "{duplicate}" appears more than once')
+    return body
+
+
 def reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
@@ -31,14 +39,19 @@ def json_body(required: bool) -> dict:
     and malformed JSON or JSON that is not an object is 400.
     """
     data = request.get_data(cache=True)
+    if request.content_length is None and len(data) >= current_app.config["MAX_CONTENT_LENGTH"]:
+        # A chunked body has no length to check up front; its read stops at the limit.
+        abort(413, "The request body is larger than 1 MiB; send a smaller body.")
     if not data.strip():
         if required:
             abort(400, "A JSON object body is required.")
         return {}
     if not request.is_json:
         abort(415, f'Send the body as JSON with "Content-Type: application/json", not "{request.mimetype}".')
+    if request.headers.get("Content-Encoding", "identity").lower() != "identity":
+        abort(415, "Send the body without Content-Encoding; compressed bodies are not accepted.")
     try:
-        body = json.loads(data, parse_constant=reject_constant)
+        body = json.loads(data, parse_constant=reject_constant, object_pairs_hook=reject_duplicate_keys)
     except ValueError as error:
         abort(400, f"The body is not valid JSON: {error}.")
     except RecursionError:
