@@ -59,7 +59,7 @@ previous_key_usage = PreviousKeyUsage()
 
 @dataclass(frozen=True)
 class Principal:
-    """Who a request acts as: the global key (`instance` is None) or one instance."""
+    """The identity a request acts as: the global key (`instance` is None) or one instance."""
 
     instance: Instance | None
 

@@ -143,6 +143,6 @@ def database_answers() -> bool:
         db.session.execute(text("SELECT 1"))
         return True
     except SQLAlchemyError:
-        logger.warning("Readiness check failed: the database did not answer", exc_info=True)
+        logger.warning("Readiness check failed: the database did not respond", exc_info=True)
         db.session.rollback()
         return False

@@ -38,7 +38,7 @@ RETRYABLE_STATUSES = {408, 429}
 
 @dataclass(frozen=True)
 class Claim:
-    """What a sender thread needs to make one attempt, copied out of the claiming transaction."""
+    """The data a sender thread needs for one attempt, copied out of the claiming transaction."""
 
     pk: int
     public_id: str
@@ -92,12 +92,14 @@ def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
     now = utc_now()
     if not any_event_due(now):
         return []
+
     earlier = aliased(Event)
     has_earlier = exists().where(
         earlier.queue == Event.queue,
         earlier.status == PENDING_EVENT,
         or_(earlier.due_at < Event.due_at, and_(earlier.due_at == Event.due_at, earlier.pk < Event.pk)),
     )
+
     query = (
         select(Event)
         .where(*claimable(now), ~has_earlier)
@@ -108,18 +110,13 @@ def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
     if db.engine.dialect.name == "postgresql":
         # Two processes claiming at once skip each other's rows instead of waiting on them.
         query = query.with_for_update(skip_locked=True, of=Event)
+
     token = str(uuid.uuid4())
     claims = []
     abandoned = []
     for event in db.session.scalars(query):
         if event.attempts >= current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]:
-            # Every attempt was claimed but none recorded (the process died each time): give up
-            # rather than claim it for ever and hold up the rest of its queue.
-            event.status, event.finished_at = FAILED, now
-            event.last_error = "no attempt finished; the sending process stopped each time"
-            db.session.add(DeliveryAttempt(event_pk=event.pk, number=event.attempts, attempted_at=now,
-                                           error=event.last_error))
-            settle_message(event.message_pk, ERROR)
+            abandon_unfinished(event, now)
             abandoned.append(event.public_id)
             continue
         event.attempts += 1
@@ -131,10 +128,22 @@ def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
             attempt=event.attempts, lease_token=token,
         ))
     db.session.commit()
+
     for public_id in abandoned:
         logger.warning("Delivery %s failed for good: none of its attempts finished", public_id)
         metrics.count_delivery_attempt(metrics.ATTEMPT_GAVE_UP)
     return claims
+
+
+def abandon_unfinished(event: Event, now: datetime) -> None:
+    """Fail an event whose every attempt was claimed but never recorded.
+
+    The sending process died each time, so claiming it again would hold up the rest of its
+    queue for ever.
+    """
+    event.last_error = "no attempt finished; the sending process stopped each time"
+    db.session.add(DeliveryAttempt(event_pk=event.pk, number=event.attempts, attempted_at=now, error=event.last_error))
+    finish_event(event, FAILED, now)
 
 
 def attempt_delivery(claim: Claim, config: dict) -> Outcome:
@@ -220,8 +229,7 @@ def record_outcome(claim: Claim, outcome: Outcome) -> None:
     event.lease_until = event.lease_token = None
     event.last_error = outcome.error
     if outcome.delivered:
-        event.status, event.finished_at = DELIVERED, now
-        settle_message(event.message_pk, SERVER_ACK)
+        finish_event(event, DELIVERED, now)
         attempt_result = metrics.ATTEMPT_DELIVERED
     elif outcome.retryable and event.attempts < config["WEBHOOK_RETRY_MAX_ATTEMPTS"]:
         event.next_attempt_at = now + timedelta(seconds=retry_delay(event.attempts, outcome.retry_after, config))
@@ -231,14 +239,19 @@ def record_outcome(claim: Claim, outcome: Outcome) -> None:
                     event.next_attempt_at.isoformat())
         attempt_result = metrics.ATTEMPT_WILL_RETRY
     else:
-        event.status, event.finished_at = FAILED, now
-        settle_message(event.message_pk, ERROR)
+        finish_event(event, FAILED, now)
         logger.warning("Delivery %s of %s for instance %s failed for good after %d attempts: %s",
                        claim.public_id, claim.name, claim.instance_name, event.attempts, outcome.error)
         attempt_result = metrics.ATTEMPT_GAVE_UP
     db.session.add(attempt)
     db.session.commit()
     metrics.count_delivery_attempt(attempt_result)
+
+
+def finish_event(event: Event, status: str, now: datetime) -> None:
+    """Mark the event DELIVERED or FAILED and settle the message it carried accordingly."""
+    event.status, event.finished_at = status, now
+    settle_message(event.message_pk, SERVER_ACK if status == DELIVERED else ERROR)
 
 
 def settle_message(message_pk: int | None, status: str) -> None:

@@ -72,7 +72,7 @@ def handle_validation_error(error: ValidationError) -> Response:
 
 
 def handle_stale_instance(error: StaleDataError) -> Response:
-    """Answer a change to an instance that another request deleted in the meantime."""
+    """Respond to a change to an instance that another request deleted in the meantime."""
     db.session.rollback()
     name = (request.view_args or {}).get("name")
     if name is not None:

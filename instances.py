@@ -99,12 +99,13 @@ def rotate_token(instance: Instance, custom_token: str | None) -> str:
     token = custom_token or generate_token()
     if custom_token and is_reserved_key(token):
         raise TokenTaken()
-    instance.token_digest = token_digest(token)
+    digest = token_digest(token)
+    instance.token_digest = digest
     try:
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
-        raise_conflict("", token_digest(token))
+        raise_conflict("", digest)
     logger.info("Instance token rotated: name=%s id=%s", instance.name, instance.public_id)
     return token
 

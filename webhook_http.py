@@ -70,7 +70,7 @@ class _WatchedAdapter(HTTPAdapter):
 
 
 def post(url: str, deadline_seconds: float, **kwargs) -> requests.Response:
-    """POST like `requests.post`, reading the whole answer, within `deadline_seconds` in all."""
+    """POST like `requests.post`, reading the whole response, within `deadline_seconds` in all."""
     expired = _attempt.expired = threading.Event()
     sockets = _attempt.sockets = []
 
@@ -91,12 +91,12 @@ def post(url: str, deadline_seconds: float, **kwargs) -> requests.Response:
             response.content  # noqa: B018 - read the whole body inside the deadline
     except requests.RequestException as error:
         if expired.is_set():
-            raise DeadlineExceeded(f"no complete answer within {deadline_seconds} s") from error
+            raise DeadlineExceeded(f"no complete response within {deadline_seconds} s") from error
         raise
     finally:
         timer.cancel()
         _attempt.sockets = None
-    # A shut-down socket can also read as a clean, early end of the answer.
+    # A shut-down socket can also read as a clean, early end of the response.
     if expired.is_set():
-        raise DeadlineExceeded(f"no complete answer within {deadline_seconds} s")
+        raise DeadlineExceeded(f"no complete response within {deadline_seconds} s")
     return response

@@ -203,7 +203,7 @@ class Server:
             except OSError:
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not answer /health/live within {timeout} s; see {self.log.name}")
+        raise RuntimeError(f"gunicorn did not respond /health/live within {timeout} s; see {self.log.name}")
 
     def worker_status(self) -> list[dict[str, str]]:
         """Return the /proc status fields of each gunicorn worker (the master's children)."""

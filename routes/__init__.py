@@ -3,6 +3,7 @@
 import json
 
 from flask import Flask, abort, current_app, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 
 def register_blueprints(app: Flask) -> None:
@@ -41,7 +42,7 @@ def json_body(required: bool) -> dict:
     data = request.get_data(cache=True)
     if request.content_length is None and len(data) >= current_app.config["MAX_CONTENT_LENGTH"]:
         # A chunked body has no length to check up front; its read stops at the limit.
-        abort(413, "The request body is larger than 1 MiB; send a smaller body.")
+        raise RequestEntityTooLarge()
     if not data.strip():
         if required:
             abort(400, "A JSON object body is required.")

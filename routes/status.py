@@ -19,14 +19,14 @@ def welcome():
 @bp.get("/health/live")
 @public
 def live():
-    """Answer while the process serves requests."""
+    """Report that the process serves requests."""
     return {"status": "ok"}
 
 
 @bp.get("/health/ready")
 @public
 def ready():
-    """Answer 200 when the database answers, otherwise 503."""
+    """Report 200 when the database responds, otherwise 503."""
     if not database_answers():
-        abort(503, "The database does not answer; check DATABASE_CONNECTION_URI and the database server.")
+        abort(503, "The database is not responding; check DATABASE_CONNECTION_URI and the database server.")
     return {"status": "ok"}

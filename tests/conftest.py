@@ -3,7 +3,7 @@
 Each test session creates its own PostgreSQL databases (named evogate_test_<random>) and
 drops them at the end, so sessions running at the same time never collide. The database
 server comes from EVOGATE_TEST_POSTGRES_URL (default: user and database postgres on 127.0.0.1:5432); when it
-does not answer, the tests that need it fail rather than skip.
+does not respond, the tests that need it fail rather than skip.
 """
 
 import logging
@@ -57,7 +57,7 @@ class DatabaseFactory:
         try:
             return psycopg.connect(POSTGRES_URL, autocommit=True, connect_timeout=5)
         except psycopg.OperationalError as error:
-            pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not answer ({error}); start it, as .ci/run does")
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} does not respond ({error}); start it, as .ci/run does")
 
     def drop_all(self) -> None:
         if not self.postgres_databases:

@@ -70,7 +70,7 @@ class Gunicorn:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"gunicorn did not answer within {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"gunicorn did not respond within {timeout} s:\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
         if self.process is None or self.process.poll() is not None:

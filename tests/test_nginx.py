@@ -130,7 +130,7 @@ def wait_until_ready(nginx: Nginx, timeout: float = 15) -> None:
             return
         except OSError:
             time.sleep(0.1)
-    pytest.fail(f"nginx did not answer on 127.0.0.1:{nginx.https_port} within {timeout} s:\n{nginx.error_log()}")
+    pytest.fail(f"nginx did not respond on 127.0.0.1:{nginx.https_port} within {timeout} s:\n{nginx.error_log()}")
 
 
 def stop_process_group(process: subprocess.Popen) -> None:

@@ -73,7 +73,7 @@ def redis_url() -> str:
     try:
         client.ping()
     except redis.RedisError as error:
-        pytest.fail(f"Redis at {REDIS_URL} does not answer ({error}); start redis-server on 127.0.0.1:6379")
+        pytest.fail(f"Redis at {REDIS_URL} does not respond ({error}); start redis-server on 127.0.0.1:6379")
     finally:
         client.close()
     return REDIS_URL
