@@ -131,16 +131,10 @@ def matches_previous_key(key: str) -> bool:
 INSTANCE_BY_TOKEN_DIGEST = select(Instance).where(Instance.token_digest == bindparam("digest"))
 
 
-def resolve(key: str, reads_only: bool = False) -> Principal | None:
-    """Return the principal a presented key stands for, or None for an unknown key.
-
-    With `reads_only`, a token lookup starts the request's session without a transaction
-    (`database.begin_read`); the global key needs no database at all.
-    """
+def resolve(key: str) -> Principal | None:
+    """Return the principal a presented key stands for, or None for an unknown key."""
     if is_global_key(key):
         return Principal(instance=None)
-    if reads_only:
-        database.begin_read()
     instance = db.session.scalar(INSTANCE_BY_TOKEN_DIGEST, {"digest": token_digest(key)})
     return Principal(instance=instance) if instance is not None else None
 
@@ -157,13 +151,17 @@ def guard() -> None:
     key = request.headers.get("apikey", "")
     if scope == GLOBAL_OR_SCRAPER and not key and is_allowed_scraper():
         return
-    writes = request.method not in SAFE_METHODS or getattr(view, "writes", False)
-    if writes:
+    if not key:
+        reject(401, "missing")
+    if request.method not in SAFE_METHODS or getattr(view, "writes", False):
         database.begin_write()
+    elif scope != GLOBAL_OR_SCRAPER:
+        # Every other route that reads queries the database; /metrics stays off it.
+        database.begin_read()
 
-    principal = resolve(key, reads_only=not writes) if key else None
+    principal = resolve(key)
     if principal is None:
-        reject(401, "unknown" if key else "missing")
+        reject(401, "unknown")
     g.principal = principal
     if scope in (GLOBAL_ONLY, GLOBAL_OR_SCRAPER) and not principal.is_global:
         reject(403, "forbidden")
