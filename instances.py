@@ -6,6 +6,7 @@ several workers or hosts cannot both win.
 """
 
 import logging
+from collections.abc import Iterable, Iterator
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -110,10 +111,16 @@ def rotate_token(instance: Instance, custom_token: str | None) -> str:
     return token
 
 
-def find_instances(principal: Principal, name: str, public_id: str, expose: bool) -> list:
+# Rows an unfiltered listing reads from the database in one query.
+LISTING_BATCH_SIZE = 500
+
+
+def find_instances(principal: Principal, name: str, public_id: str, expose: bool) -> Iterable:
     """Return the instances `fetchInstances` shows to this principal, in creation order.
 
-    An instance token gets its own Instance; the global key gets rows of INSTANCE_LISTING_COLUMNS.
+    An instance token gets its own Instance. The global key gets rows of
+    INSTANCE_LISTING_COLUMNS; an unfiltered listing reads them as it is iterated (see
+    `read_in_batches`), so a listing of thousands of instances is never in memory at once.
 
     Raises PermissionError when an instance token filters for another instance, and
     LookupError (with the filter value) when a global-key filter matches nothing.
@@ -129,14 +136,33 @@ def find_instances(principal: Principal, name: str, public_id: str, expose: bool
         # No instance has such a name or id, and PostgreSQL fails on a query value with a NUL.
         raise LookupError(name or public_id)
     query = select(*INSTANCE_LISTING_COLUMNS).order_by(Instance.pk)
+    if not (name or public_id):
+        return read_in_batches(query)
     if name:
         query = query.where(Instance.name == name)
     if public_id:
         query = query.where(Instance.public_id == public_id)
-    found = list(db.session.execute(query))
-    if (name or public_id) and not found:
+    found = db.session.execute(query).all()
+    if not found:
         raise LookupError(name or public_id)
     return found
+
+
+def read_in_batches(query) -> Iterator:
+    """Yield the rows of a listing query ordered by primary key, one query per batch of rows.
+
+    Each batch starts after the last primary key of the one before, so neither the server nor
+    the driver holds the whole result, and no query or transaction stays open between batches.
+    An instance created or deleted meanwhile may or may not be listed; none is listed twice.
+    """
+    query = query.add_columns(Instance.pk.label("listing_pk")).limit(LISTING_BATCH_SIZE)
+    batch_query = query
+    while True:
+        rows = db.session.execute(batch_query).all()
+        yield from rows
+        if len(rows) < LISTING_BATCH_SIZE:
+            return
+        batch_query = query.where(Instance.pk > rows[-1].listing_pk)
 
 
 def set_connection_status(instance: Instance, status: str, extra_event: str | None = None) -> bool:

@@ -9,11 +9,11 @@ import sys
 
 from app import create_app
 from config import ConfigError
-from database import upgrade_schema
+from database import SchemaUpgradeError, upgrade_schema_in_child
 
 try:
     app = create_app()
-except ConfigError as error:
+    upgrade_schema_in_child(app)
+except (ConfigError, SchemaUpgradeError) as error:
     logging.getLogger("evogate").critical("Refusing to start: %s", error)
     sys.exit(1)
-upgrade_schema(app)

@@ -1,6 +1,7 @@
 """Instance routes: create, list, state changes, token rotation and delete."""
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from itertools import islice
 
 from flask import Blueprint, Response, abort, current_app, g, request, stream_with_context
 
@@ -65,24 +66,27 @@ def fetch_instances():
         reject(403, "forbidden")
     except LookupError as error:
         abort(404, f'Instance "{error.args[0]}" not found')
-    if len(found) <= LISTING_CHUNK_SIZE:
-        return dump_instance_listing(found)
-    return Response(stream_with_context(encode_listing(found)), mimetype="application/json")
+    rows = iter(found)
+    first_chunk = list(islice(rows, LISTING_CHUNK_SIZE + 1))
+    if len(first_chunk) <= LISTING_CHUNK_SIZE:
+        return dump_instance_listing(first_chunk)
+    return Response(stream_with_context(encode_listing(first_chunk, rows)), mimetype="application/json")
 
 
-def encode_listing(found: list) -> Iterator[str]:
+def encode_listing(first_chunk: list, rest: Iterable) -> Iterator[str]:
     """Yield a long listing's JSON array a chunk of instances at a time.
 
-    The text is the same as a jsonify response's, but only one chunk's dicts and text exist at
-    once, so a listing of thousands of instances needs less memory at its peak.
+    The text is the same as a jsonify response's, but the rows are read from the database as
+    the chunks are sent, so only one chunk's rows, dicts and text exist at once.
     """
     yield "["
-    for start in range(0, len(found), LISTING_CHUNK_SIZE):
-        if start:
+    chunk = first_chunk
+    while chunk:
+        if chunk is not first_chunk:
             yield ","
-        chunk = current_app.json.dumps(dump_instance_listing(found[start:start + LISTING_CHUNK_SIZE]),
-                                       separators=(",", ":"))
-        yield chunk[1:-1]
+        text = current_app.json.dumps(dump_instance_listing(chunk), separators=(",", ":"))
+        yield text[1:-1]
+        chunk = list(islice(rest, LISTING_CHUNK_SIZE))
     yield "]\n"
 
 

@@ -883,12 +883,14 @@ def test_listing_dump_matches_schema(app, api):
 
 def test_listing_in_chunks_matches_whole(app, api, monkeypatch):
     """A listing longer than one chunk is streamed, with the same bytes as a listing sent whole."""
+    import instances
     import routes.instances
 
     for index in range(5):
         api.create_instance(f"chunked-{index}")
     whole = api.request("GET", "/instance/fetchInstances", GLOBAL_KEY)
     monkeypatch.setattr(routes.instances, "LISTING_CHUNK_SIZE", 2)
+    monkeypatch.setattr(instances, "LISTING_BATCH_SIZE", 3)
     chunked = api.request("GET", "/instance/fetchInstances", GLOBAL_KEY)
 
     assert whole.status_code == 200

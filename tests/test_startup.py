@@ -20,7 +20,7 @@ import pytest
 import globalkey
 from app import create_app
 from database import upgrade_schema
-from tests.conftest import GLOBAL_KEY
+from tests.conftest import GLOBAL_KEY, POSTGRES_URL
 from tests.server import REPO, Gunicorn, free_port, server_environment
 
 # The master exits before it forks any worker, so this limit leaves room for a slow, busy machine.
@@ -110,6 +110,38 @@ def test_invalid_setting_stops_gunicorn(case, tmp_path):
     assert "Traceback" not in output
     assert "Booting worker" not in output
     assert SHORT_KEY not in output
+
+
+def test_database_that_cannot_migrate_stops_gunicorn(tmp_path):
+    missing_database = POSTGRES_URL.rsplit("/", 1)[0] + "/evogate_no_such_database_" + os.urandom(4).hex()
+    environment = {**base_environment(tmp_path), "DATABASE_CONNECTION_URI": missing_database}
+    server = Gunicorn(environment, name="startup-no-database")
+
+    exit_code, output = run_until_exit(server, EXIT_TIMEOUT_SECONDS)
+
+    assert exit_code is not None, f"gunicorn still ran after {EXIT_TIMEOUT_SECONDS} s:\n{output}"
+    assert exit_code != 0
+    assert output.count("Refusing to start: the database schema could not be migrated") == 1, output
+    assert "Booting worker" not in output
+
+
+def test_master_migrates_without_loading_alembic(tmp_path):
+    """The schema is migrated in a child process, so workers never inherit Alembic's memory."""
+    database_path = tmp_path / "master.db"
+    script = (
+        "import sys, sqlite3, wsgi\n"
+        "print(sorted(name for name in ('alembic', 'flask_migrate', 'mako') if name in sys.modules))\n"
+        f"print(sqlite3.connect({str(database_path)!r}).execute('SELECT version_num FROM alembic_version').fetchall())\n"
+    )
+    environment = server_environment({**base_environment(tmp_path), "DATABASE_CONNECTION_URI": f"sqlite:///{database_path}"})
+
+    completed = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=environment,
+                               capture_output=True, text=True, timeout=60)
+
+    assert completed.returncode == 0, completed.stderr
+    loaded, versions = completed.stdout.splitlines()
+    assert loaded == "[]"
+    assert versions != "[]"
 
 
 def test_valid_settings_start_gunicorn(tmp_path):
