@@ -59,10 +59,12 @@ class Sizes:
     seconds: int
     sustain_seconds: int
     drain_timeout: float
+    # Runs of each row that a ratio is taken from, taking turns; the row shows the median run.
+    rounds: int
 
 
-FULL = Sizes(small=10, medium=1_000, large=10_000, seconds=10, sustain_seconds=20, drain_timeout=120)
-SMOKE = Sizes(small=10, medium=20, large=50, seconds=1, sustain_seconds=2, drain_timeout=20)
+FULL = Sizes(small=10, medium=1_000, large=10_000, seconds=10, sustain_seconds=20, drain_timeout=120, rounds=3)
+SMOKE = Sizes(small=10, medium=20, large=50, seconds=1, sustain_seconds=2, drain_timeout=20, rounds=2)
 WARM_UP_SECONDS = 2
 # Maximum pause for requests that a wrk run left queued in the server.
 MAX_SETTLE_SECONDS = 30
@@ -387,6 +389,26 @@ def load_row(label: str, result: LoadResult, server: Server) -> Row:
                rss_mb=server.worker_rss_mb())
 
 
+def median_rows(loads: list[tuple[str, Load]], wrk, server: Server, rounds: int) -> list[Row]:
+    """Run each load `rounds` times, taking turns, and return each one's median run as a row.
+
+    Taking turns spreads a passing disturbance of the machine over every load, so the ratios
+    between them hold better than the rates themselves; the median drops one odd run.
+    """
+    runs: list[list[Row]] = [[] for _ in loads]
+    for _ in range(rounds):
+        for (label, load), label_runs in zip(loads, runs):
+            label_runs.append(load_row(label, wrk(load), server))
+    rows = []
+    for label_runs in runs:
+        ordered = sorted(label_runs, key=lambda row: row.rps)
+        median = ordered[len(ordered) // 2]
+        if rounds > 1:
+            median.value = "median of runs at " + " / ".join(f"{row.rps:,.0f}" for row in label_runs) + " req/s"
+        rows.append(median)
+    return rows
+
+
 def ratio_row(label: str, numerator: Row, denominator: Row) -> Row:
     ratio = numerator.rps / denominator.rps if denominator.rps else 0.0
     return Row(label, value=f"{ratio:.2f}x")
@@ -415,9 +437,14 @@ def benchmark_database(target, sizes: Sizes, options, work: Path, report) -> lis
         global_targets = [(state.format(name=instance_name(n)), GLOBAL_KEY) for n in range(sizes.small)]
         # Unrecorded warm-up: each worker opens its database connections and compiles its queries.
         wrk(Load(token_targets(state, sizes.small) + global_targets + [(CEILING_PATH, "")]), seconds=WARM_UP_SECONDS)
-        ceiling = add(load_row(labels[0], wrk(Load([(CEILING_PATH, "")])), server))
-        token_small = add(load_row(labels[1], wrk(Load(token_targets(state, sizes.small))), server))
-        add(load_row(labels[2], wrk(Load(global_targets)), server))
+        ceiling, token_small, global_small = median_rows(
+            [(labels[0], Load([(CEILING_PATH, "")])),
+             (labels[1], Load(token_targets(state, sizes.small))),
+             (labels[2], Load(global_targets))],
+            wrk, server, sizes.rounds,
+        )
+        for row in (ceiling, token_small, global_small):
+            add(row)
         add(ratio_row(labels[3], token_small, ceiling))
         add(load_row(labels[4], wrk(Load([("/instance/fetchInstances", GLOBAL_KEY)])), server))
         send_targets = token_targets("/message/sendText/{name}", sizes.small)
@@ -466,7 +493,8 @@ def benchmark_database(target, sizes: Sizes, options, work: Path, report) -> lis
         large_listing = wrk(Load([("/instance/fetchInstances", GLOBAL_KEY)]))
         add(load_row(labels[12], large_listing, server))
         settle(server, large_listing, options.connections)
-        token_large = add(load_row(labels[13], wrk(Load(token_targets(state, sizes.large))), server))
+        (token_large,) = median_rows([(labels[13], Load(token_targets(state, sizes.large)))], wrk, server, sizes.rounds)
+        add(token_large)
         add(ratio_row(labels[14], token_large, token_small))
         add(Row(labels[15], rss_mb=server.worker_rss_mb()))
         return rows
