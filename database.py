@@ -41,8 +41,8 @@ def database_url(app: Flask) -> str:
 def engine_options(url: str) -> dict:
     if make_url(url).get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
-    # No pool_pre_ping: its round trip on every checkout cost as much as the token lookup
-    # itself. `configure_postgresql` replaces closed connections without one.
+    # No pool_pre_ping, because its round trip on every checkout cost as much as the token
+    # lookup itself. `configure_postgresql` replaces closed connections without one.
     return {"pool_size": 5, "max_overflow": 5, "pool_recycle": 1800}
 
 
@@ -132,10 +132,10 @@ def begin_write() -> None:
 def begin_read() -> None:
     """Run the session's queries without a transaction around them (autocommit).
 
-    Call it before the first query of a request that only reads. Each query then stands
-    alone and reads every commit made before it: on PostgreSQL it takes one round trip,
-    without BEGIN and ROLLBACK, and on SQLite it skips the BEGIN statement. It has no effect
-    when the session's transaction has already begun.
+    Call it before the first query of a request that only reads. Each query then runs in a
+    transaction of its own and reads every commit made before it. On PostgreSQL a query takes
+    one round trip, without BEGIN and ROLLBACK, and on SQLite it skips the BEGIN statement. It
+    has no effect when the session's transaction has already begun.
     """
     if db.engine.dialect.name == "postgresql":
         db.session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

@@ -152,7 +152,7 @@ def read_in_batches(query) -> Iterator:
     """Yield the rows of a listing query ordered by primary key, one query per batch of rows.
 
     Each batch starts after the last primary key of the one before, so neither the server nor
-    the driver holds the whole result, and no query or transaction stays open between batches.
+    the driver keeps the whole result, and no query or transaction stays open between batches.
     An instance created or deleted meanwhile may or may not be listed; none is listed twice.
     """
     query = query.add_columns(Instance.pk.label("listing_pk")).limit(LISTING_BATCH_SIZE)

@@ -59,7 +59,7 @@ class Sizes:
     seconds: int
     sustain_seconds: int
     drain_timeout: float
-    # Runs of each row that a ratio is taken from, taking turns; the row shows the median run.
+    # Runs of each row that a ratio is taken from. The rows take turns, and each shows its median run.
     rounds: int
 
 
@@ -393,7 +393,7 @@ def median_rows(loads: list[tuple[str, Load]], wrk, server: Server, rounds: int)
     """Run each load `rounds` times, taking turns, and return each one's median run as a row.
 
     Taking turns spreads a passing disturbance of the machine over every load, so the ratios
-    between them hold better than the rates themselves; the median drops one odd run.
+    between them vary less than the rates themselves. The median leaves out one odd run.
     """
     runs: list[list[Row]] = [[] for _ in loads]
     for _ in range(rounds):
