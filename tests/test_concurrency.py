@@ -6,6 +6,7 @@ Each request goes out on its own connection, so gunicorn spreads them over its w
 import hashlib
 import os
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,6 +26,7 @@ MIXED_THREADS = 16
 MIXED_REQUESTS_PER_THREAD = 12
 SERVERS_STARTED_TOGETHER = 3
 THREAD_TIMEOUT_SECONDS = 60
+TERMINATION_TIMEOUT_SECONDS = 10
 
 
 def send(server: Gunicorn, method: str, path: str, key: str | None = None, body=None) -> tuple[object, object]:
@@ -217,14 +219,31 @@ def test_deleted_token_rejected_by_every_worker(backend, server_factory, databas
 
 
 def terminate_connections(database_url: str) -> int:
-    """Terminate every other connection to the test's own database and return how many there were."""
+    """Terminate every other connection to the test's own database and return how many there were.
+
+    pg_terminate_backend only signals a server process, so this waits until each one has
+    exited and its socket is closed. The server runs on this machine, as every test assumes.
+    """
     database_name = database_url.rsplit("/", 1)[1]
     with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as connection:
-        rows = connection.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database_name,),
-        ).fetchall()
-    return len(rows)
+        pids = [pid for (pid,) in connection.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database_name,),
+        )]
+        for pid in pids:
+            connection.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    deadline = time.monotonic() + TERMINATION_TIMEOUT_SECONDS
+    while any(process_exists(pid) for pid in pids):
+        assert time.monotonic() < deadline, f"server processes {pids} still ran after {TERMINATION_TIMEOUT_SECONDS} s"
+        time.sleep(0.01)
+    return len(pids)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def database_requests(server: Gunicorn, token: str) -> list:
