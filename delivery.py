@@ -1,70 +1,51 @@
-"""Outbox delivery: claim due events, sign and post them, record each attempt, retry or give up.
+"""Outbox delivery in the database: claim due events in batches, record their outcomes.
 
-Only the oldest pending event of a queue (one queue per receiver and instance) can be
-claimed, so a queue's events arrive in order while a slow receiver holds up nothing but its
-own queue. A claim is a lease: when a process dies mid-delivery, the lease runs out and
-another process makes the delivery again, with the same `X-Webhook-Id`. The threads that run
-these steps are in `delivery_worker.py`.
+A queue (one receiver and instance) is delivered in order, one batch at a time. A claim
+leases the queue's oldest pending events, up to a batch size, and only when the oldest one
+is due and not leased, so a slow receiver holds up nothing but its own queue. A lease
+expires: when a process dies mid-batch, another process claims the unrecorded events again
+and sends them with the same `X-Webhook-Id`. Recording a batch's outcomes and claiming the
+queue's next events share one transaction. The HTTP attempt is in `delivery_attempt.py`,
+the outcome rows in `delivery_record.py`, and the threads in `delivery_worker.py`.
 """
 
-import hashlib
-import hmac
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from email.utils import parsedate_to_datetime
-from urllib.parse import unquote, urlsplit
+from datetime import datetime, timedelta
 
-import requests
 from flask import current_app
-from sqlalchemy import and_, exists, or_, select
+from sqlalchemy import and_, exists, or_, select, update
 from sqlalchemy.orm import aliased
 
 import database
-import webhook_http
+import delivery_record
 import metrics
-from config import VERSION
-from events import MESSAGES_UPDATE, emit, without_credentials
-from models import DELIVERED, ERROR, FAILED, PENDING, PENDING_EVENT, SERVER_ACK, DeliveryAttempt, Event, Message, db, utc_now
-from webhooks import BlockedDestination, check_destination
+from delivery_attempt import Claim, Outcome
+from models import PENDING_EVENT, Event, db, utc_now
 
 logger = logging.getLogger(__name__)
 
-RETRYABLE_STATUSES = {408, 429}
+# The columns a claim copies out of each event row.
+CLAIMED_COLUMNS = (
+    Event.pk, Event.public_id, Event.queue, Event.name, Event.instance_name, Event.url, Event.headers,
+    Event.secret, Event.body, Event.message_pk, Event.attempts,
+)
 
 
 @dataclass(frozen=True)
-class Claim:
-    """The data a sender thread needs for one attempt, copied out of the claiming transaction."""
+class Batch:
+    """Consecutive events of one queue, leased together and sent in order by one thread."""
 
-    pk: int
-    public_id: str
-    name: str
-    instance_name: str
-    url: str
-    headers: dict
-    secret: str
-    body: bytes
-    attempt: int
+    claims: list[Claim]
     lease_token: str
+    # time.monotonic() at the claim, when the lease started.
+    claimed_at: float
 
-
-@dataclass(frozen=True)
-class Outcome:
-    delivered: bool
-    retryable: bool
-    status_code: int | None = None
-    error: str | None = None
-    retry_after: float | None = None
-
-
-def sign(secret: str, timestamp: str, body: bytes) -> str:
-    """Return the `X-Webhook-Signature` value: HMAC-SHA256 over `TIMESTAMP.BODY`."""
-    digest = hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256)
-    return "v1=" + digest.hexdigest()
+    @property
+    def queue(self) -> str:
+        return self.claims[0].queue
 
 
 def claimable(now: datetime):
@@ -76,193 +57,136 @@ def claimable(now: datetime):
     )
 
 
-def any_event_due(now: datetime) -> bool:
-    """Return whether some event could be claimed, in a read-only transaction that ends here.
-
-    An idle worker polls with this check alone, so on SQLite it takes no write lock (BEGIN
-    IMMEDIATE) and does not hold up requests that write.
-    """
-    found = db.session.scalar(select(Event.pk).where(*claimable(now)).limit(1))
-    db.session.rollback()
-    return found is not None
-
-
-def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
-    """Lease up to `limit` due events, each the oldest pending event of its queue."""
-    now = utc_now()
-    if not any_event_due(now):
-        return []
-
+def queue_heads(now: datetime):
+    """Return a query of the claimable events that have no earlier pending event in their queue."""
     earlier = aliased(Event)
     has_earlier = exists().where(
         earlier.queue == Event.queue,
         earlier.status == PENDING_EVENT,
         or_(earlier.due_at < Event.due_at, and_(earlier.due_at == Event.due_at, earlier.pk < Event.pk)),
     )
+    return select(Event.queue).where(*claimable(now), ~has_earlier).order_by(Event.due_at, Event.pk)
 
-    query = (
-        select(Event)
-        .where(*claimable(now), ~has_earlier)
-        .order_by(Event.due_at, Event.pk)
-        .limit(limit)
-    )
+
+def any_event_due(now: datetime) -> bool:
+    """Return whether some queue could be claimed, in a read-only transaction that ends here.
+
+    An idle worker polls with this check alone, so on SQLite it takes no write lock (BEGIN
+    IMMEDIATE) and does not hold up requests that write. It looks for queue heads, so due
+    events behind a leased head do not start a write transaction that would claim nothing.
+    """
+    found = db.session.scalar(queue_heads(now).limit(1))
+    db.session.rollback()
+    return found is not None
+
+
+def claim_batches(max_queues: int, batch_size: int, lease_seconds: float) -> list[Batch]:
+    """Lease a batch of up to `batch_size` events in each of up to `max_queues` queues."""
+    now = utc_now()
+    if not any_event_due(now):
+        return []
+
+    query = queue_heads(now).limit(max_queues)
     database.begin_write()
     if db.engine.dialect.name == "postgresql":
         # Two processes claiming at once skip each other's rows instead of waiting on them.
         query = query.with_for_update(skip_locked=True, of=Event)
+    queues = db.session.scalars(query).all()
 
-    token = str(uuid.uuid4())
+    lease_token = str(uuid.uuid4())
+    lease_until = now + timedelta(seconds=lease_seconds)
+    batches = []
+    abandoned = []
+    for queue in queues:
+        claims, gave_up = claim_queue(queue, now, lease_token, lease_until, batch_size)
+        abandoned += gave_up
+        if claims:
+            batches.append(Batch(claims, lease_token, time.monotonic()))
+    db.session.commit()
+    report_abandoned(abandoned)
+    return batches
+
+
+def claim_queue(queue: str, now: datetime, lease_token: str, lease_until: datetime,
+                batch_size: int) -> tuple[list[Claim], list[str]]:
+    """Lease the queue's oldest pending events, in order, while they are claimable.
+
+    The caller's write transaction must already hold the queue: its head is locked, or it
+    has just recorded the queue's previous batch. Returns the claims, and the public ids of
+    events that failed for good instead because no attempt of theirs ever finished.
+    """
+    max_attempts = current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]
+    query = (
+        select(*CLAIMED_COLUMNS, and_(*claimable(now)).label("is_claimable"))
+        .where(Event.status == PENDING_EVENT, Event.queue == queue)
+        .order_by(Event.due_at, Event.pk)
+        .limit(batch_size)
+    )
+    if db.engine.dialect.name == "postgresql":
+        query = query.with_for_update(of=Event)
+
     claims = []
     abandoned = []
-    for event in db.session.scalars(query):
-        if event.attempts >= current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]:
-            abandon_unfinished(event, now)
-            abandoned.append(event.public_id)
+    for row in db.session.execute(query):
+        if not row.is_claimable:
+            break  # not due yet or leased, so the later events wait behind it
+        if row.attempts >= max_attempts:
+            abandoned.append(row)
             continue
-        event.attempts += 1
-        event.lease_until = now + timedelta(seconds=lease_seconds)
-        event.lease_token = token
         claims.append(Claim(
-            pk=event.pk, public_id=event.public_id, name=event.name, instance_name=event.instance_name,
-            url=event.url, headers=dict(event.headers or {}), secret=event.secret, body=bytes(event.body),
-            attempt=event.attempts, lease_token=token,
+            pk=row.pk, public_id=row.public_id, queue=row.queue, name=row.name, instance_name=row.instance_name,
+            url=row.url, headers=dict(row.headers or {}), secret=row.secret, body=bytes(row.body),
+            message_pk=row.message_pk, attempt=row.attempts + 1, lease_token=lease_token,
         ))
+    if abandoned:
+        delivery_record.abandon_unfinished(abandoned, now)
+    if claims:
+        db.session.execute(
+            update(Event).where(Event.pk.in_([claim.pk for claim in claims]))
+            .values(attempts=Event.attempts + 1, lease_until=lease_until, lease_token=lease_token)
+            .execution_options(synchronize_session=False)
+        )
+    return claims, [row.public_id for row in abandoned]
+
+
+def finish_batch(batch: Batch, outcomes: list[Outcome], next_batch_size: int = 0,
+                 lease_seconds: float = 0.0) -> Batch | None:
+    """Record the outcomes of the batch's first events and release the rest, in one transaction.
+
+    `outcomes[i]` belongs to `batch.claims[i]`; the claims after the last outcome were not
+    sent. With `next_batch_size`, the same transaction leases the queue's next events and
+    returns them, unless an event now waits for a retry or the lease was lost.
+    """
+    database.begin_write()
+    now = utc_now()
+    recorded = delivery_record.record_outcomes(batch.claims, outcomes, batch.lease_token, now)
+
+    next_batch = None
+    abandoned = []
+    if next_batch_size and recorded.queue_moves_on:
+        lease_token = str(uuid.uuid4())
+        claims, abandoned = claim_queue(batch.queue, now, lease_token, now + timedelta(seconds=lease_seconds),
+                                        next_batch_size)
+        if claims:
+            next_batch = Batch(claims, lease_token, time.monotonic())
     db.session.commit()
 
-    for public_id in abandoned:
+    recorded.report()
+    report_abandoned(abandoned)
+    return next_batch
+
+
+def report_abandoned(public_ids: list[str]) -> None:
+    for public_id in public_ids:
         logger.warning("Delivery %s failed for good: none of its attempts finished", public_id)
         metrics.count_delivery_attempt(metrics.ATTEMPT_GAVE_UP)
-    return claims
 
 
-def abandon_unfinished(event: Event, now: datetime) -> None:
-    """Fail an event whose every attempt was claimed but never recorded.
-
-    The sending process died each time, so claiming it again would hold up the rest of its
-    queue for ever.
-    """
-    event.last_error = "no attempt finished; the sending process stopped each time"
-    db.session.add(DeliveryAttempt(event_pk=event.pk, number=event.attempts, attempted_at=now, error=event.last_error))
-    finish_event(event, FAILED, now)
-
-
-def attempt_delivery(claim: Claim, config: dict) -> Outcome:
-    """Post the event once; never follows redirects."""
-    if config["WEBHOOK_BLOCK_PRIVATE_NETWORKS"]:
-        try:
-            check_destination(claim.url)
-        except BlockedDestination as error:
-            return Outcome(delivered=False, retryable=False, error=str(error))
-    parts = urlsplit(claim.url)
-    auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
-    timestamp = str(int(time.time()))
-    headers = {
-        **claim.headers,
-        "Content-Type": "application/json",
-        "User-Agent": f"evogate/{VERSION}",
-        "X-Webhook-Id": claim.public_id,
-        "X-Webhook-Timestamp": timestamp,
-        "X-Webhook-Signature": sign(claim.secret, timestamp, claim.body),
-    }
-    try:
-        response = webhook_http.post(
-            without_credentials(claim.url), config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000,
-            data=claim.body, headers=headers, auth=auth, allow_redirects=False,
-            verify=config["WEBHOOK_CA_BUNDLE"] or True,
-        )
-    except requests.Timeout:
-        return Outcome(delivered=False, retryable=True, error="the receiver timed out")
-    except requests.RequestException as error:
-        # The class name only: messages can carry the URL, and URLs can carry secrets.
-        return Outcome(delivered=False, retryable=True, error=f"connection failed ({type(error).__name__})")
-    status = response.status_code
-    response.close()
-    if 200 <= status < 300:
-        return Outcome(delivered=True, retryable=False, status_code=status)
-    return Outcome(
-        delivered=False,
-        retryable=status >= 500 or status in RETRYABLE_STATUSES,
-        status_code=status,
-        error=f"the receiver answered {status}",
-        retry_after=parse_retry_after(response.headers.get("Retry-After")),
-    )
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Return the seconds a `Retry-After` header asks for (delta seconds or an HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
-
-
-def retry_delay(attempts: int, retry_after: float | None, config: dict) -> float:
-    """Exponential back-off with jitter, at least what the receiver asked for, at most the maximum."""
-    ceiling = config["WEBHOOK_RETRY_MAX_DELAY_SECONDS"]
-    delay = min(ceiling, config["WEBHOOK_RETRY_INITIAL_DELAY_SECONDS"] * 2 ** (attempts - 1))
-    delay = delay / 2 + random.uniform(0, delay / 2)
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, ceiling))
-    return delay
+def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
+    """Lease the head event of up to `limit` queues: `claim_batches` with batches of one."""
+    return [batch.claims[0] for batch in claim_batches(limit, 1, lease_seconds)]
 
 
 def record_outcome(claim: Claim, outcome: Outcome) -> None:
-    """Store the attempt and the event's next state, and settle the message it carried."""
-    config = current_app.config
-    database.begin_write()
-    event = db.session.get(Event, claim.pk)
-    if event is None or event.lease_token != claim.lease_token:
-        logger.warning("Delivery %s finished after its lease ran out; another attempt owns it", claim.public_id)
-        db.session.rollback()
-        return
-    now = utc_now()
-    attempt = DeliveryAttempt(event_pk=event.pk, number=claim.attempt, attempted_at=now,
-                              status_code=outcome.status_code, error=outcome.error)
-    event.lease_until = event.lease_token = None
-    event.last_error = outcome.error
-    if outcome.delivered:
-        finish_event(event, DELIVERED, now)
-        attempt_result = metrics.ATTEMPT_DELIVERED
-    elif outcome.retryable and event.attempts < config["WEBHOOK_RETRY_MAX_ATTEMPTS"]:
-        event.next_attempt_at = now + timedelta(seconds=retry_delay(event.attempts, outcome.retry_after, config))
-        attempt.next_attempt_at = event.next_attempt_at
-        logger.info("Delivery %s of %s failed (%s); attempt %d of %d is due at %s", claim.public_id,
-                    claim.name, outcome.error, event.attempts + 1, config["WEBHOOK_RETRY_MAX_ATTEMPTS"],
-                    event.next_attempt_at.isoformat())
-        attempt_result = metrics.ATTEMPT_WILL_RETRY
-    else:
-        finish_event(event, FAILED, now)
-        logger.warning("Delivery %s of %s for instance %s failed for good after %d attempts: %s",
-                       claim.public_id, claim.name, claim.instance_name, event.attempts, outcome.error)
-        attempt_result = metrics.ATTEMPT_GAVE_UP
-    db.session.add(attempt)
-    db.session.commit()
-    metrics.count_delivery_attempt(attempt_result)
-
-
-def finish_event(event: Event, status: str, now: datetime) -> None:
-    """Mark the event DELIVERED or FAILED and settle the message it carried accordingly."""
-    event.status, event.finished_at = status, now
-    settle_message(event.message_pk, SERVER_ACK if status == DELIVERED else ERROR)
-
-
-def settle_message(message_pk: int | None, status: str) -> None:
-    """Move a pending outgoing message to its final status and emit MESSAGES_UPDATE."""
-    if message_pk is None:
-        return
-    message = db.session.get(Message, message_pk)
-    if message is None or message.status != PENDING:
-        return  # deleted with its instance, or already settled
-    message.status = status
-    emit(message.instance, MESSAGES_UPDATE, {
-        "keyId": message.key_id, "remoteJid": message.remote_jid, "fromMe": message.from_me,
-        "status": status, "instanceId": message.instance.public_id,
-    })
+    """Record the outcome of one claimed event: `finish_batch` for a batch of one."""
+    finish_batch(Batch([claim], claim.lease_token, time.monotonic()), [outcome])

@@ -22,7 +22,7 @@ from tests.conftest import GLOBAL_KEY
 from tests.receiver import Receiver
 
 # Short delays, so a retried delivery is seen within a second or two. A claimed delivery's
-# lease is the request timeout plus 5 seconds, so 7 seconds here.
+# lease is the request timeout plus the 1-second batch window plus 5 seconds, so 8 seconds here.
 FAST_RETRIES = {
     "WEBHOOK_RETRY_INITIAL_DELAY_SECONDS": "0.2",
     "WEBHOOK_RETRY_MAX_DELAY_SECONDS": "1",
@@ -336,7 +336,7 @@ def test_backlog_delivered_after_sigkill(backend, server_factory, receivers):
     receiver.up()
     server.start()
 
-    # A delivery claimed at the moment of the kill waits for its 7-second lease to run out.
+    # A delivery claimed at the moment of the kill waits for its 8-second lease to run out.
     receiver.wait_for_count(5, 30, event="messages.update")
     wait_for_statuses(server, "shop1", key_ids, "SERVER_ACK", 10)
     deliveries = receiver.snapshot()
@@ -710,7 +710,7 @@ def test_unencodable_header_value_stalls_nothing(server_factory, receivers):
     assert status == 201, body
     key_id = send_text(server, "shop1", "label outside Latin-1")["key"]["id"]
 
-    # One attempt is allowed, so the message settles at once, or when a 6-second lease ends.
+    # One attempt is allowed, so the message settles at once, or when a 7-second lease ends.
     deadline = time.monotonic() + 8
     while message_statuses(server, "shop1")[key_id] == "PENDING" and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -753,3 +753,55 @@ def test_new_instance_not_queued_behind_deleted_one(server_factory, receivers):
 
     created = up_receiver.wait_for_count(1, 10, event="instance.create", instance="new-shop")
     assert len(created) == 1
+
+
+# 11. Batches: a queue's due events are leased together and sent in order by one thread
+
+def test_backlog_longer_than_batch_in_order(backend, server_factory, receivers):
+    receiver = receivers()
+    server = server_factory(backend, **FAST_RETRIES)
+    create_instance(server, "shop1", webhook={"url": receiver.url(), "events": ["SEND_MESSAGE"]})
+
+    receiver.down()
+    # More than the 20 events one batch takes, so the queue goes over several batches.
+    key_ids = [send_text(server, "shop1", f"backlog {number}")["key"]["id"] for number in range(45)]
+    receiver.up()
+
+    deliveries = receiver.wait_for_count(45, 30, event="send.message")
+    wait_for_statuses(server, "shop1", key_ids, "SERVER_ACK", 10)
+    time.sleep(0.5)
+    deliveries = receiver.snapshot()
+    assert [message_key_id(delivery) for delivery in deliveries] == key_ids
+    assert len({delivery.webhook_id for delivery in deliveries}) == 45
+
+
+def test_sigkill_mid_batch_repeats_unrecorded(backend, server_factory, receivers):
+    receiver = receivers()
+    server = server_factory(backend, **FAST_RETRIES)
+    create_instance(server, "shop1", webhook={"url": receiver.url(), "events": ["SEND_MESSAGE"]})
+
+    receiver.down()
+    key_ids = [send_text(server, "shop1", f"batched {number}")["key"]["id"] for number in range(3)]
+    receiver.hang(60)
+    receiver.up()
+    # The three events are leased as one batch once the receiver is up again. The first gets a
+    # 200 response, and the second is held open while the server is killed.
+    first = receiver.wait_for_count(1, 10, event="send.message")[0]
+    receiver.hang(60)
+    second = receiver.wait_for_count(2, 10, event="send.message")[1]
+    server.stop(signal.SIGKILL)
+    receiver.respond(200)
+    assert [message_key_id(first), message_key_id(second)] == key_ids[:2]
+    server.start()
+
+    wait_for_statuses(server, "shop1", key_ids, "SERVER_ACK", 30)
+    time.sleep(0.5)
+    repeated = receiver.snapshot()[2:]
+    # Whatever was not recorded before the kill is sent again, in order, with its own X-Webhook-Id.
+    assert [message_key_id(delivery) for delivery in repeated] in (key_ids, key_ids[1:])
+    first_ids = {message_key_id(delivery): delivery.webhook_id for delivery in (first, second)}
+    for delivery in repeated:
+        key_id = message_key_id(delivery)
+        if key_id in first_ids:
+            assert delivery.webhook_id == first_ids[key_id], key_id
+        assert delivery.body == next(d.body for d in receiver.snapshot() if message_key_id(d) == key_id)

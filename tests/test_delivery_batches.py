@@ -1,0 +1,198 @@
+"""Claiming and recording batches of one queue's events, step by step in the test process.
+
+The tests call the delivery steps directly on the test database, with outcomes made up in
+place of HTTP attempts, so they can look at every row between two steps.
+"""
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import event as sqlalchemy_event
+from sqlalchemy import func, select, update
+
+import delivery
+from delivery_attempt import Outcome
+from delivery_record import UNFINISHED_ERROR
+from models import DELIVERED, FAILED, PENDING_EVENT, DeliveryAttempt, Event, Message, db, utc_now
+from tests.conftest import GLOBAL_KEY
+
+RECEIVER = "http://127.0.0.1:9/hook"
+DELIVERED_200 = Outcome(delivered=True, retryable=False, status_code=200)
+FAILED_503 = Outcome(delivered=False, retryable=True, status_code=503, error="the receiver answered 503")
+LEASE_SECONDS = 30
+
+
+def queue_messages(api, count: int, events=("SEND_MESSAGE",)) -> list[str]:
+    """Create shop1 with a receiver for `events`, send `count` messages and return their key ids."""
+    api.create_instance("shop1", webhook={"url": RECEIVER, "events": list(events)})
+    key_ids = []
+    for number in range(count):
+        response = api.request("POST", "/message/sendText/shop1", GLOBAL_KEY,
+                               json={"number": "5511999990001", "text": f"message {number}"})
+        assert response.status_code == 201, response.get_json()
+        key_ids.append(response.get_json()["key"]["id"])
+    return key_ids
+
+
+def event_rows() -> list:
+    """Return the outbox rows in order, as plain rows that outlive the session."""
+    rows = db.session.execute(select(
+        Event.pk, Event.status, Event.attempts, Event.lease_token, Event.last_error, Event.next_attempt_at,
+        Event.finished_at,
+    ).order_by(Event.pk)).all()
+    db.session.rollback()
+    return rows
+
+
+def message_statuses() -> list[str]:
+    statuses = db.session.scalars(select(Message.status).order_by(Message.pk)).all()
+    db.session.rollback()
+    return statuses
+
+
+def test_claim_leases_queue_in_order(app, api):
+    queue_messages(api, 5)
+
+    with app.app_context():
+        [batch] = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
+        rows = event_rows()
+        second_claim = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
+
+    assert [claim.pk for claim in batch.claims] == [row.pk for row in rows[:3]]
+    assert [claim.attempt for claim in batch.claims] == [1, 1, 1]
+    assert {row.lease_token for row in rows[:3]} == {batch.lease_token}
+    assert [row.lease_token for row in rows[3:]] == [None, None]
+    # A queue with leased events is held by its claim, so nothing else can be claimed from it.
+    assert second_claim == []
+
+
+def test_retry_releases_later_events(app, api):
+    queue_messages(api, 3)
+
+    with app.app_context():
+        [batch] = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
+        next_batch = delivery.finish_batch(batch, [DELIVERED_200, FAILED_503], next_batch_size=3,
+                                           lease_seconds=LEASE_SECONDS)
+        delivered, waiting, unsent = event_rows()
+        statuses = message_statuses()
+
+    assert next_batch is None
+    assert (delivered.status, delivered.attempts) == (DELIVERED, 1)
+    assert (waiting.status, waiting.attempts, waiting.last_error) == (PENDING_EVENT, 1, "the receiver answered 503")
+    assert waiting.next_attempt_at > delivered.finished_at
+    # Never sent, so its claim's attempt is taken back.
+    assert (unsent.status, unsent.attempts) == (PENDING_EVENT, 0)
+    assert [row.lease_token for row in (delivered, waiting, unsent)] == [None, None, None]
+    assert statuses == ["SERVER_ACK", "PENDING", "PENDING"]
+
+
+def test_finish_claims_queue_next_events(app, api):
+    queue_messages(api, 5)
+
+    with app.app_context():
+        [first] = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
+        second = delivery.finish_batch(first, [DELIVERED_200, DELIVERED_200], next_batch_size=2,
+                                       lease_seconds=LEASE_SECONDS)
+        rows = event_rows()
+
+    assert [claim.pk for claim in second.claims] == [row.pk for row in rows[2:4]]
+    assert second.lease_token != first.lease_token
+    assert [row.status for row in rows] == [DELIVERED, DELIVERED, PENDING_EVENT, PENDING_EVENT, PENDING_EVENT]
+    assert [row.lease_token for row in rows] == [None, None, second.lease_token, second.lease_token, None]
+
+
+def test_lost_lease_drops_outcome(app, api):
+    queue_messages(api, 2)
+
+    with app.app_context():
+        [batch] = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
+        # Another process claimed the first event again after this lease ran out.
+        db.session.execute(update(Event).where(Event.pk == batch.claims[0].pk).values(lease_token="another-claim"))
+        db.session.commit()
+        next_batch = delivery.finish_batch(batch, [DELIVERED_200, DELIVERED_200], next_batch_size=2,
+                                           lease_seconds=LEASE_SECONDS)
+        first, second = event_rows()
+        attempt_events = db.session.scalars(select(DeliveryAttempt.event_pk)).all()
+        db.session.rollback()
+
+    assert next_batch is None
+    assert (first.status, first.lease_token) == (PENDING_EVENT, "another-claim")
+    assert second.status == DELIVERED
+    assert attempt_events == [second.pk]
+
+
+def test_unfinished_head_fails_and_queue_goes_on(app, api):
+    key_ids = queue_messages(api, 3)
+
+    with app.app_context():
+        max_attempts = app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]
+        head_pk = event_rows()[0].pk
+        db.session.execute(update(Event).where(Event.pk == head_pk).values(attempts=max_attempts))
+        db.session.commit()
+        [batch] = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
+        head = event_rows()[0]
+        statuses = message_statuses()
+
+    assert (head.status, head.last_error) == (FAILED, UNFINISHED_ERROR)
+    assert len(batch.claims) == 2
+    assert head_pk not in {claim.pk for claim in batch.claims}
+    assert statuses == ["ERROR", "PENDING", "PENDING"]
+    assert len(key_ids) == 3
+
+
+@pytest.mark.parametrize("subscribed, expected_updates", [
+    (("SEND_MESSAGE",), 0),
+    (("SEND_MESSAGE", "MESSAGES_UPDATE"), 3),
+])
+def test_settling_emits_update_when_wanted(app, api, subscribed, expected_updates):
+    key_ids = queue_messages(api, 3, events=subscribed)
+
+    with app.app_context():
+        [batch] = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
+        delivery.finish_batch(batch, [DELIVERED_200] * 3)
+        updates = db.session.scalars(select(Event.body).where(Event.name == "MESSAGES_UPDATE").order_by(Event.pk)).all()
+        db.session.rollback()
+
+    assert len(updates) == expected_updates
+    # The updates follow the order in which the messages were delivered.
+    for body, key_id in zip(updates, key_ids):
+        assert f'"keyId":"{key_id}"'.encode() in body
+
+
+def test_batch_recorded_in_few_statements(app, api):
+    queue_messages(api, 10)
+    statements = []
+
+    def count(connection, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    with app.app_context():
+        sqlalchemy_event.listen(db.engine, "before_cursor_execute", count)
+        try:
+            [batch] = delivery.claim_batches(max_queues=10, batch_size=10, lease_seconds=LEASE_SECONDS)
+            delivery.finish_batch(batch, [DELIVERED_200] * 10, next_batch_size=10, lease_seconds=LEASE_SECONDS)
+        finally:
+            sqlalchemy_event.remove(db.engine, "before_cursor_execute", count)
+        delivered = db.session.scalar(select(func.count()).select_from(Event).where(Event.status == DELIVERED))
+        db.session.rollback()
+
+    assert delivered == 10
+    # One event at a time took about 13 statements each; a batch takes a fixed number.
+    assert len(statements) <= 16, statements
+
+
+def test_claim_skips_queue_waiting_for_retry(app, api):
+    queue_messages(api, 2)
+
+    with app.app_context():
+        [batch] = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
+        delivery.finish_batch(batch, [FAILED_503])
+        waiting = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
+        db.session.execute(update(Event).where(Event.pk == batch.claims[0].pk)
+                           .values(next_attempt_at=utc_now() - timedelta(seconds=1)))
+        db.session.commit()
+        [retry] = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
+
+    assert waiting == []
+    assert [claim.pk for claim in retry.claims] == [claim.pk for claim in batch.claims]
+    assert [claim.attempt for claim in retry.claims] == [2, 1]
