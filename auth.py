@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 from flask import abort, current_app, g, request
 from sqlalchemy import bindparam, select
+from sqlalchemy.engine import Row
 
 import database
 from logsafe import printable
 import metrics
-from models import Instance, db
+from models import INSTANCE_ROW_BY_TOKEN_DIGEST, Instance, db
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +60,14 @@ previous_key_usage = PreviousKeyUsage()
 
 @dataclass(frozen=True)
 class Principal:
-    """The identity a request acts as: the global key (`instance` is None) or one instance."""
+    """The identity a request acts as: the global key (`instance` is None) or one instance.
 
-    instance: Instance | None
+    For a request that only reads, `instance` is a read-only row of the instance's columns
+    (`models.INSTANCE_ROW`), with the Instance's attribute names but no relationships. For a
+    request that writes, it is the Instance itself.
+    """
+
+    instance: Instance | Row | None
 
     @property
     def is_global(self) -> bool:
@@ -131,11 +137,18 @@ def matches_previous_key(key: str) -> bool:
 INSTANCE_BY_TOKEN_DIGEST = select(Instance).where(Instance.token_digest == bindparam("digest"))
 
 
-def resolve(key: str) -> Principal | None:
-    """Return the principal a presented key stands for, or None for an unknown key."""
+def resolve(key: str, writes: bool) -> Principal | None:
+    """Return the principal a presented key stands for, or None for an unknown key.
+
+    Without `writes`, a token's instance comes as a read-only row (see `Principal`).
+    """
     if is_global_key(key):
         return Principal(instance=None)
-    instance = db.session.scalar(INSTANCE_BY_TOKEN_DIGEST, {"digest": token_digest(key)})
+    digest = token_digest(key)
+    if writes:
+        instance = db.session.scalar(INSTANCE_BY_TOKEN_DIGEST, {"digest": digest})
+    else:
+        instance = db.session.execute(INSTANCE_ROW_BY_TOKEN_DIGEST, {"digest": digest}).first()
     return Principal(instance=instance) if instance is not None else None
 
 
@@ -153,20 +166,21 @@ def guard() -> None:
         return
     if not key:
         reject(401, "missing")
-    if request.method not in SAFE_METHODS or getattr(view, "writes", False):
+    writes = request.method not in SAFE_METHODS or getattr(view, "writes", False)
+    if writes:
         database.begin_write()
     elif scope != GLOBAL_OR_SCRAPER:
         # Every other route that reads queries the database; /metrics stays off it.
         database.begin_read()
 
-    principal = resolve(key)
+    principal = resolve(key, writes)
     if principal is None:
         reject(401, "unknown")
     g.principal = principal
     if scope in (GLOBAL_ONLY, GLOBAL_OR_SCRAPER) and not principal.is_global:
         reject(403, "forbidden")
     if scope == INSTANCE_PATH:
-        g.instance = bind_path_instance(principal, request.view_args["name"])
+        g.instance = bind_path_instance(principal, request.view_args["name"], writes)
 
 
 def is_allowed_scraper() -> bool:
@@ -181,13 +195,16 @@ def is_allowed_scraper() -> bool:
     return any(address in network for network in current_app.config["METRICS_ALLOWED_IPS"])
 
 
-def bind_path_instance(principal: Principal, name: str) -> Instance:
-    """Return the instance named in the path, which an instance token must own."""
+def bind_path_instance(principal: Principal, name: str, writes: bool) -> Instance | Row:
+    """Return the instance named in the path, which an instance token must own.
+
+    Without `writes`, the instance comes as a read-only row (see `Principal`).
+    """
     if not principal.is_global:
         if principal.instance.name != name:
             reject(403, "forbidden")
         return principal.instance
-    instance = Instance.find_by_name(name)
+    instance = Instance.find_by_name(name) if writes else Instance.find_row_by_name(name)
     if instance is None:
         abort(404, f'The "{name}" instance does not exist')
     return instance

@@ -7,6 +7,7 @@ import socket
 from urllib.parse import urlsplit
 
 from flask import current_app
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from errors import ApiError
@@ -22,6 +23,11 @@ class BlockedDestination(Exception):
 
 def generate_secret() -> str:
     return "whsec_" + secrets.token_hex(32)
+
+
+def find_webhook(instance_pk: int) -> Webhook | None:
+    """Return the receiver configured for the instance with this primary key, if any."""
+    return db.session.scalar(select(Webhook).where(Webhook.instance_pk == instance_pk))
 
 
 def apply_webhook(instance: Instance, data: dict) -> Webhook:

@@ -22,7 +22,7 @@ def set_webhook(name):
 @bp.get("/find/<name>")
 def find_webhook(name):
     """Show the instance's webhook receiver, or null when none is configured."""
-    webhook = g.instance.webhook
+    webhook = webhooks.find_webhook(g.instance.pk)
     return webhook_answer_schema.dump(webhook) if webhook is not None else "null\n", 200, {
         "Content-Type": "application/json"
     }
