@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from flask import abort, current_app, g, request
 from sqlalchemy import bindparam, select
 from sqlalchemy.engine import Row
+from sqlalchemy.orm import joinedload
 
 import database
 from logsafe import printable
@@ -133,8 +134,11 @@ def matches_previous_key(key: str) -> bool:
 
 # Built once, because building the statement per request cost about as much as running it
 # (cProfile of the test client on SQLite). The lookup itself still runs on every request, so a
-# rotated or deleted token fails on the next one.
-INSTANCE_BY_TOKEN_DIGEST = select(Instance).where(Instance.token_digest == bindparam("digest"))
+# rotated or deleted token fails on the next one. Requests that write mostly emit events,
+# which read the instance's webhook, so it comes in the same query.
+INSTANCE_BY_TOKEN_DIGEST = (
+    select(Instance).where(Instance.token_digest == bindparam("digest")).options(joinedload(Instance.webhook))
+)
 
 
 def resolve(key: str, writes: bool) -> Principal | None:
