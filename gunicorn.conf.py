@@ -29,9 +29,10 @@ metrics_directory.prepare(settings["PROMETHEUS_MULTIPROC_DIR"])
 
 bind = [f"0.0.0.0:{settings['SERVER_PORT']}"]
 workers = settings["WEB_CONCURRENCY"]
-# gunicorn's default sync worker class. On 2 cores with PostgreSQL on the same host, gthread
-# (2 workers of 4 threads, or 4 of 2) served connectionState and sendText within 17% of 4 sync
-# workers and the no-database route at 40% to 60% of their rate (bench/run.py's rows).
+# gunicorn's default sync worker class, one per core (see config.default_worker_count). On 2
+# cores with PostgreSQL on the same host, gthread (2 workers of 4 threads, or 4 of 2) served
+# connectionState and sendText within 17% of 4 sync workers and the no-database route at 40%
+# to 60% of their rate (bench/run.py's rows).
 # Load the app once in the master: settings are checked and the schema migrated before
 # workers fork, and the workers share the loaded code's memory.
 preload_app = True
