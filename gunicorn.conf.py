@@ -4,6 +4,8 @@ Start with `gunicorn -c gunicorn.conf.py wsgi:app`; `--bind` and `--workers` on 
 line win over the values here.
 """
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import sys
@@ -27,12 +29,36 @@ except ConfigError as error:
 # reads the directory when it is first imported, when gunicorn loads the app after this file.
 metrics_directory.prepare(settings["PROMETHEUS_MULTIPROC_DIR"])
 
+# glibc's mallopt parameter number for the maximum count of malloc arenas (malloc.h).
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(count: int) -> None:
+    """Let glibc's malloc keep at most `count` arenas in the master and the workers it forks.
+
+    By default glibc gives a thread that finds the shared arenas busy an arena of its own, up
+    to 8 per core, and memory freed in an arena stays there. With a worker's delivery threads
+    that made it about 3.5 MB larger after a sustained sendText load with webhooks (SQLite,
+    bench/run.py). A MALLOC_ARENA_MAX set in the environment wins. Other C libraries are left
+    as they are.
+    """
+    if os.environ.get("MALLOC_ARENA_MAX"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(M_ARENA_MAX, count)
+    except (OSError, AttributeError, TypeError):
+        pass  # not glibc
+
+
+limit_malloc_arenas(2)
+
 bind = [f"0.0.0.0:{settings['SERVER_PORT']}"]
 workers = settings["WEB_CONCURRENCY"]
-# gunicorn's default sync worker class, one per core (see config.default_worker_count). On 2
-# cores with PostgreSQL on the same host, gthread (2 workers of 4 threads, or 4 of 2) served
-# connectionState and sendText within 17% of 4 sync workers and the no-database route at 40%
-# to 60% of their rate (bench/run.py's rows).
+# gunicorn's default sync worker class, one per core (see config.default_worker_count). It was
+# compared on 2 cores with PostgreSQL on the same host, with bench/run.py's rows. There gthread
+# (2 workers of 4 threads, or 4 of 2) served connectionState and sendText within 17% of 4 sync
+# workers, and the no-database route at 40% to 60% of their rate.
 # Load the app once in the master: settings are checked and the schema migrated before
 # workers fork, and the workers share the loaded code's memory.
 preload_app = True

@@ -112,7 +112,7 @@ def rotate_token(instance: Instance, custom_token: str | None) -> str:
 
 
 # Rows an unfiltered listing reads from the database in one query.
-LISTING_BATCH_SIZE = 500
+LISTING_BATCH_SIZE = 250
 
 
 def find_instances(principal: Principal, name: str, public_id: str, expose: bool) -> Iterable:

@@ -22,7 +22,7 @@ bp = Blueprint("instances", __name__, url_prefix="/instance")
 # Answers that show a token must not be kept by browsers or proxies.
 NO_STORE = {"Cache-Control": "no-store"}
 # Listings longer than this are sent in chunks of this many instances.
-LISTING_CHUNK_SIZE = 500
+LISTING_CHUNK_SIZE = 250
 
 
 def state_answer(instance):
