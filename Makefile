@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run dev test
+.PHONY: run dev test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,3 +23,7 @@ dev: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
+
+# The benchmark of docs/benchmarks.md; pass options with ARGS, e.g. make bench ARGS=--smoke
+bench: $(VENV)/.installed
+	$(BIN)/python bench/run.py $(ARGS)
