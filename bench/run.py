@@ -1,10 +1,11 @@
 """Benchmark evogate under gunicorn on SQLite and PostgreSQL, and print one table of results.
 
-Run from anywhere: `python bench/run.py` (add `--smoke` for a run of a few seconds with few
-instances, as CI does). For each database the script creates a fresh database, starts
-`gunicorn -c gunicorn.conf.py bench.ceiling:app` on 127.0.0.1 with the shipped settings, seeds
-instances straight through the app's models, loads the server with wrk in a separate process
-and drops the database at the end. wrk must be on PATH; PostgreSQL is reached through
+Run `make bench`, or `python bench/run.py` in the project's virtual environment (add
+`--smoke` for a run of a few seconds with few instances, as CI does). For each kind of
+database the script creates two fresh databases, one for most rows and one that holds the
+large instance count from the start. It starts `gunicorn -c gunicorn.conf.py bench.ceiling:app`
+on 127.0.0.1 with the shipped settings on each, seeds instances straight through the app's
+models, loads the servers with wrk in a separate process and drops the databases at the end. wrk must be on PATH; PostgreSQL is reached through
 EVOGATE_TEST_POSTGRES_URL (default: user postgres on 127.0.0.1:5432), the same server the tests use.
 """
 
@@ -402,7 +403,7 @@ def load_row(label: str, result: LoadResult, server: Server) -> Row:
                rss_mb=server.worker_rss_mb())
 
 
-def median_rows(loads: list[tuple[str, Load]], wrk, server: Server, rounds: int) -> list[Row]:
+def median_rows(loads: list[tuple[str, Load, "Target"]], rounds: int) -> list[Row]:
     """Run each load `rounds` times, taking turns, and return each one's median run as a row.
 
     Taking turns spreads a passing disturbance of the machine over every load, so the ratios
@@ -410,8 +411,8 @@ def median_rows(loads: list[tuple[str, Load]], wrk, server: Server, rounds: int)
     """
     runs: list[list[Row]] = [[] for _ in loads]
     for _ in range(rounds):
-        for (label, load), label_runs in zip(loads, runs):
-            label_runs.append(load_row(label, wrk(load), server))
+        for (label, load, target), label_runs in zip(loads, runs):
+            label_runs.append(load_row(label, target.wrk(load), target.server))
     rows = []
     for label_runs in runs:
         ordered = sorted(label_runs, key=lambda row: row.rps)
@@ -427,19 +428,44 @@ def ratio_row(label: str, numerator: Row, denominator: Row) -> Row:
     return Row(label, value=f"{ratio:.2f}x")
 
 
-def benchmark_database(target, sizes: Sizes, options, work: Path, report) -> list[Row]:
+@dataclass
+class Target:
+    """A server under load and the settings of the wrk runs aimed at it."""
+
+    server: Server
+    sizes: Sizes
+    options: argparse.Namespace
+    work: Path
+
+    def wrk(self, load: Load, seconds: int | None = None) -> LoadResult:
+        return run_wrk(self.server.base_url, load, seconds or self.sizes.seconds, self.options.threads,
+                       self.options.connections, self.work)
+
+
+def benchmark_database(target, large_target, sizes: Sizes, options, work: Path, report) -> list[Row]:
+    """Run every row on one kind of database and return them in table order.
+
+    `large_target` is a second, empty database of the same kind. Its own server holds the
+    large instance count from the start, so the token rows at the small and the large count
+    run in turns, under the same conditions.
+    """
     labels = row_labels(sizes)
     rows: list[Row] = []
     server = Server(target.url, work / f"gunicorn-{target.name}.log")
+    large_server = Server(large_target.url, work / f"gunicorn-{target.name}-large.log")
     seeder = None
+    large_seeder = None
     receiver = None
     try:
         server.wait_ready()
+        large_server.wait_ready()
         seeder = Seeder(target.url)
         seeder.grow_to(sizes.small)
-
-        def wrk(load: Load, seconds: int = sizes.seconds) -> LoadResult:
-            return run_wrk(server.base_url, load, seconds, options.threads, options.connections, work)
+        large_seeder = Seeder(large_target.url)
+        large_seeder.grow_to(sizes.large)
+        main = Target(server, sizes, options, work)
+        large = Target(large_server, sizes, options, work)
+        wrk = main.wrk
 
         def add(row: Row) -> Row:
             rows.append(row)
@@ -450,12 +476,15 @@ def benchmark_database(target, sizes: Sizes, options, work: Path, report) -> lis
         global_targets = [(state.format(name=instance_name(n)), GLOBAL_KEY) for n in range(sizes.small)]
         # Unrecorded warm-up: each worker opens its database connections and compiles its queries.
         wrk(Load(token_targets(state, sizes.small) + global_targets + [(CEILING_PATH, "")]), seconds=WARM_UP_SECONDS)
-        ceiling, token_small, global_small = median_rows(
-            [(labels[0], Load([(CEILING_PATH, "")])),
-             (labels[1], Load(token_targets(state, sizes.small))),
-             (labels[2], Load(global_targets))],
-            wrk, server, sizes.rounds,
+        large.wrk(Load(token_targets(state, sizes.large)), seconds=WARM_UP_SECONDS)
+        ceiling, token_small, global_small, token_large = median_rows(
+            [(labels[0], Load([(CEILING_PATH, "")]), main),
+             (labels[1], Load(token_targets(state, sizes.small)), main),
+             (labels[2], Load(global_targets), main),
+             (labels[13], Load(token_targets(state, sizes.large)), large)],
+            sizes.rounds,
         )
+        large_server.stop()
         for row in (ceiling, token_small, global_small):
             add(row)
         add(ratio_row(labels[3], token_small, ceiling))
@@ -505,8 +534,6 @@ def benchmark_database(target, sizes: Sizes, options, work: Path, report) -> lis
         add(Row(labels[11], value=f"{listing_seconds:.3f} s, status {status}, {listed:,} instances"))
         large_listing = wrk(Load([("/instance/fetchInstances", GLOBAL_KEY)]))
         add(load_row(labels[12], large_listing, server))
-        settle(server, large_listing, options.connections)
-        (token_large,) = median_rows([(labels[13], Load(token_targets(state, sizes.large)))], wrk, server, sizes.rounds)
         add(token_large)
         add(ratio_row(labels[14], token_large, token_small))
         add(Row(labels[15], rss_mb=server.worker_rss_mb()))
@@ -514,9 +541,11 @@ def benchmark_database(target, sizes: Sizes, options, work: Path, report) -> lis
     finally:
         if receiver is not None:
             receiver.shutdown()
-        if seeder is not None:
-            seeder.dispose()
+        for each_seeder in (seeder, large_seeder):
+            if each_seeder is not None:
+                each_seeder.dispose()
         server.stop()
+        large_server.stop()
 
 
 # --- output --------------------------------------------------------------------------------------
@@ -590,9 +619,16 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="evogate-bench-work-"))
     try:
         for name in databases:
-            database = SqliteDatabase() if name == "sqlite" else PostgresDatabase(options.postgres_url)
+            def create_database():
+                return SqliteDatabase() if name == "sqlite" else PostgresDatabase(options.postgres_url)
+
+            database = create_database()
             try:
-                benchmark_database(database, sizes, options, work, report)
+                large_database = create_database()
+                try:
+                    benchmark_database(database, large_database, sizes, options, work, report)
+                finally:
+                    large_database.drop()
             finally:
                 database.drop()
     except BaseException:
