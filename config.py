@@ -144,9 +144,11 @@ def load_webhook_settings(environ: Mapping[str, str]) -> dict[str, Any]:
 def default_worker_count() -> int:
     """Return one sync worker per CPU this process may run on, and at least two.
 
-    On 2 cores, 2 workers served every row of bench/run.py faster than 3, 4 or 6, on SQLite
-    and on PostgreSQL: each extra worker adds wake-ups and switches that cost more CPU than
-    its waits on the database give back. Two keep the server answering while one request is slow.
+    On 2 cores, 2 workers served the ceiling, connectionState and sendText loads of
+    bench/run.py faster than 3, 4 or 6, on SQLite and on PostgreSQL. Each extra worker
+    likely adds wake-ups (a new connection wakes every idle worker) that cost more CPU than
+    its waits on the database give back. Two keep the server responding while one request
+    is slow.
     """
     try:
         cores = len(os.sched_getaffinity(0))
