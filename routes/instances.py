@@ -78,6 +78,10 @@ def encode_listing(first_chunk: list, rest: Iterable) -> Iterator[str]:
 
     The text is the same as a jsonify response's, but the rows are read from the database as
     the chunks are sent, so only one chunk's rows, dicts and text exist at once.
+
+    NOTE: the 200 status is sent before the later rows are read. When the database fails
+    midway, the answer ends without its closing bracket and, over HTTP/1.1, without the final
+    empty chunk, instead of being a JSON 500; gunicorn logs the error.
     """
     yield "["
     chunk = first_chunk
