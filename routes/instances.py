@@ -80,7 +80,7 @@ def encode_listing(first_chunk: list, rest: Iterable) -> Iterator[str]:
     the chunks are sent, so only one chunk's rows, dicts and text exist at once.
 
     NOTE: the 200 status is sent before the later rows are read. When the database fails
-    midway, the answer ends without its closing bracket and, over HTTP/1.1, without the final
+    midway, the response ends without its closing bracket and, over HTTP/1.1, without the final
     empty chunk, instead of being a JSON 500; gunicorn logs the error.
     """
     yield "["
