@@ -21,7 +21,7 @@ from sqlalchemy.orm import joinedload
 import database
 from logsafe import printable
 import metrics
-from models import INSTANCE_ROW_BY_TOKEN_DIGEST, Instance, db
+from models import INSTANCE_ROW, Instance, db
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +139,8 @@ def matches_previous_key(key: str) -> bool:
 INSTANCE_BY_TOKEN_DIGEST = (
     select(Instance).where(Instance.token_digest == bindparam("digest")).options(joinedload(Instance.webhook))
 )
+# The same lookup for requests that only read (see `Principal`).
+INSTANCE_ROW_BY_TOKEN_DIGEST = INSTANCE_ROW.where(Instance.__table__.c.token_digest == bindparam("digest"))
 
 
 def resolve(key: str, writes: bool) -> Principal | None:

@@ -180,13 +180,3 @@ def report_abandoned(public_ids: list[str]) -> None:
     for public_id in public_ids:
         logger.warning("Delivery %s failed for good: none of its attempts finished", public_id)
         metrics.count_delivery_attempt(metrics.ATTEMPT_GAVE_UP)
-
-
-def claim_due_events(limit: int, lease_seconds: float) -> list[Claim]:
-    """Lease the head event of up to `limit` queues: `claim_batches` with batches of one."""
-    return [batch.claims[0] for batch in claim_batches(limit, 1, lease_seconds)]
-
-
-def record_outcome(claim: Claim, outcome: Outcome) -> None:
-    """Record the outcome of one claimed event: `finish_batch` for a batch of one."""
-    finish_batch(Batch([claim], claim.lease_token, time.monotonic()), [outcome])

@@ -56,13 +56,14 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "v1=" + digest.hexdigest()
 
 
-def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client | None = None) -> Outcome:
-    """Post the event once, on `client`'s connections when given; never follows redirects."""
+def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client) -> Outcome:
+    """Post the event once, on `client`'s connections; never follows redirects."""
     if config["WEBHOOK_BLOCK_PRIVATE_NETWORKS"]:
         try:
             check_destination(claim.url)
         except BlockedDestination as error:
             return Outcome(delivered=False, retryable=False, error=str(error))
+
     parts = urlsplit(claim.url)
     auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
     timestamp = str(int(time.time()))
@@ -74,9 +75,9 @@ def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client | N
         "X-Webhook-Timestamp": timestamp,
         "X-Webhook-Signature": sign(claim.secret, timestamp, claim.body),
     }
-    post = client.post if client is not None else webhook_http.post
+
     try:
-        response = post(
+        response = client.post(
             without_credentials(claim.url), config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000,
             data=claim.body, headers=headers, auth=auth, allow_redirects=False,
             verify=config["WEBHOOK_CA_BUNDLE"] or True,
@@ -86,6 +87,7 @@ def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client | N
     except requests.RequestException as error:
         # The class name only: messages can carry the URL, and URLs can carry secrets.
         return Outcome(delivered=False, retryable=True, error=f"connection failed ({type(error).__name__})")
+
     status = response.status_code
     response.close()
     if 200 <= status < 300:
@@ -100,7 +102,7 @@ def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client | N
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Return the seconds a `Retry-After` header asks for (delta seconds or an HTTP date)."""
+    """Return the seconds a `Retry-After` header requests (delta seconds or an HTTP date)."""
     if not value:
         return None
     value = value.strip()

@@ -151,7 +151,6 @@ class Instance(db.Model):
 # SQLite, measured with wrk under gunicorn as bench/run.py does.
 INSTANCE_ROW = select(Instance.__table__)
 INSTANCE_ROW_BY_NAME = INSTANCE_ROW.where(Instance.__table__.c.name == bindparam("name"))
-INSTANCE_ROW_BY_TOKEN_DIGEST = INSTANCE_ROW.where(Instance.__table__.c.token_digest == bindparam("digest"))
 # The columns `fetchInstances` shows: selected alone, a long listing skips building ORM objects.
 INSTANCE_LISTING_COLUMNS = (
     Instance.public_id, Instance.name, Instance.connection_status, Instance.integration, Instance.number,

@@ -135,9 +135,3 @@ class Client:
         if expired.is_set():
             raise DeadlineExceeded(f"no complete response within {deadline_seconds} s")
         return response
-
-
-def post(url: str, deadline_seconds: float, **kwargs) -> requests.Response:
-    """POST once on a new connection; see `Client.post`."""
-    with Client() as client:
-        return client.post(url, deadline_seconds, **kwargs)

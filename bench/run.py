@@ -2,7 +2,7 @@
 
 Run `make bench`, or `python bench/run.py` in the project's virtual environment (add
 `--smoke` for a run of a few seconds with few instances, as CI does). For each kind of
-database the script creates two fresh databases, one for most rows and one that holds the
+database the script creates two fresh databases, one for most rows and one that contains the
 large instance count from the start. It starts `gunicorn -c gunicorn.conf.py bench.ceiling:app`
 on 127.0.0.1 with the shipped settings on each, seeds instances straight through the app's
 models, loads the servers with wrk in a separate process and drops the databases at the end. wrk must be on PATH; PostgreSQL is reached through
@@ -442,26 +442,26 @@ class Target:
                        self.options.connections, self.work)
 
 
-def benchmark_database(target, large_target, sizes: Sizes, options, work: Path, report) -> list[Row]:
+def benchmark_database(main_database, large_database, sizes: Sizes, options, work: Path, report) -> list[Row]:
     """Run every row on one kind of database and return them in table order.
 
-    `large_target` is a second, empty database of the same kind. Its own server holds the
+    `large_database` is a second, empty database of the same kind. Its own server has the
     large instance count from the start, so the token rows at the small and the large count
     run in turns, under the same conditions.
     """
     labels = row_labels(sizes)
     rows: list[Row] = []
-    server = Server(target.url, work / f"gunicorn-{target.name}.log")
-    large_server = Server(large_target.url, work / f"gunicorn-{target.name}-large.log")
+    server = Server(main_database.url, work / f"gunicorn-{main_database.name}.log")
+    large_server = Server(large_database.url, work / f"gunicorn-{main_database.name}-large.log")
     seeder = None
     large_seeder = None
     receiver = None
     try:
         server.wait_ready()
         large_server.wait_ready()
-        seeder = Seeder(target.url)
+        seeder = Seeder(main_database.url)
         seeder.grow_to(sizes.small)
-        large_seeder = Seeder(large_target.url)
+        large_seeder = Seeder(large_database.url)
         large_seeder.grow_to(sizes.large)
         main = Target(server, sizes, options, work)
         large = Target(large_server, sizes, options, work)
@@ -469,7 +469,7 @@ def benchmark_database(target, large_target, sizes: Sizes, options, work: Path, 
 
         def add(row: Row) -> Row:
             rows.append(row)
-            report(target.name, row)
+            report(main_database.name, row)
             return row
 
         state = "/instance/connectionState/{name}"
@@ -622,15 +622,15 @@ def main(argv: list[str] | None = None) -> int:
             def create_database():
                 return SqliteDatabase() if name == "sqlite" else PostgresDatabase(options.postgres_url)
 
-            database = create_database()
+            main_database = create_database()
             try:
                 large_database = create_database()
                 try:
-                    benchmark_database(database, large_database, sizes, options, work, report)
+                    benchmark_database(main_database, large_database, sizes, options, work, report)
                 finally:
                     large_database.drop()
             finally:
-                database.drop()
+                main_database.drop()
     except BaseException:
         print(f"The benchmark failed; the gunicorn logs are kept in {work}", file=sys.stderr)
         raise

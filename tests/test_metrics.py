@@ -152,15 +152,16 @@ def test_delivery_attempts_counted_by_outcome(app, client, api):
     before = scrape(client)
 
     with app.app_context():
-        [claim] = delivery.claim_due_events(limit=10, lease_seconds=30)
-        delivery.record_outcome(claim, delivery.Outcome(delivered=False, retryable=True, error="timed out"))
-        db.session.execute(update(Event).where(Event.pk == claim.pk).values(next_attempt_at=utc_now() - timedelta(1)))
+        [first] = delivery.claim_batches(max_queues=10, batch_size=1, lease_seconds=30)
+        delivery.finish_batch(first, [delivery.Outcome(delivered=False, retryable=True, error="timed out")])
+        event_pk = first.claims[0].pk
+        db.session.execute(update(Event).where(Event.pk == event_pk).values(next_attempt_at=utc_now() - timedelta(1)))
         db.session.commit()
-        [retry] = delivery.claim_due_events(limit=10, lease_seconds=30)
-        assert retry.pk == claim.pk
-        delivery.record_outcome(retry, delivery.Outcome(delivered=False, retryable=False, status_code=404))
-        [following] = delivery.claim_due_events(limit=10, lease_seconds=30)
-        delivery.record_outcome(following, delivery.Outcome(delivered=True, retryable=False, status_code=200))
+        [retry] = delivery.claim_batches(max_queues=10, batch_size=1, lease_seconds=30)
+        assert retry.claims[0].pk == event_pk
+        delivery.finish_batch(retry, [delivery.Outcome(delivered=False, retryable=False, status_code=404)])
+        [following] = delivery.claim_batches(max_queues=10, batch_size=1, lease_seconds=30)
+        delivery.finish_batch(following, [delivery.Outcome(delivered=True, retryable=False, status_code=200)])
 
     after = scrape(client)
     attempts = "evogate_webhook_delivery_attempts_total"

@@ -12,7 +12,7 @@ class KeepAliveServer(ThreadingHTTPServer):
     """An HTTP/1.1 server that responds 200 to every POST and counts connections and requests.
 
     With `drop_request` set, the server reads that request (counting from 1) and closes its
-    connection without an answer, as a receiver does when it closes an idle connection just
+    connection without a response, as a receiver does when it closes an idle connection just
     as the next request arrives.
     """
 
