@@ -112,6 +112,15 @@ def sequence(deliveries) -> list[tuple[str, str | None]]:
     return [(delivery.event, message_key_id(delivery)) for delivery in deliveries]
 
 
+def created_sent_then_acknowledged(key_ids: list[str]) -> list[tuple[str, str | None]]:
+    """Return the `sequence` of an instance created, then sent these messages, each acknowledged."""
+    return (
+        [("instance.create", None)]
+        + [("send.message", key_id) for key_id in key_ids]
+        + [("messages.update", key_id) for key_id in key_ids]
+    )
+
+
 def kebab(event: str) -> str:
     return event.replace(".", "-")
 
@@ -280,11 +289,7 @@ def test_receiver_down_gets_every_event_later(backend, server_factory, receivers
     receiver.wait_for_count(5, 20, event="messages.update")
     wait_for_statuses(server, "shop1", key_ids, "SERVER_ACK", 10)
     deliveries = receiver.snapshot()
-    assert sequence(deliveries) == (
-        [("instance.create", None)]
-        + [("send.message", key_id) for key_id in key_ids]
-        + [("messages.update", key_id) for key_id in key_ids]
-    )
+    assert sequence(deliveries) == created_sent_then_acknowledged(key_ids)
     assert [delivery.json["data"]["status"] for delivery in deliveries[6:]] == ["SERVER_ACK"] * 5
     webhook_ids = [delivery.webhook_id for delivery in deliveries]
     assert len(set(webhook_ids)) == len(webhook_ids)
@@ -340,11 +345,7 @@ def test_backlog_delivered_after_sigkill(backend, server_factory, receivers):
     receiver.wait_for_count(5, 30, event="messages.update")
     wait_for_statuses(server, "shop1", key_ids, "SERVER_ACK", 10)
     deliveries = receiver.snapshot()
-    assert sequence(deliveries) == (
-        [("instance.create", None)]
-        + [("send.message", key_id) for key_id in key_ids]
-        + [("messages.update", key_id) for key_id in key_ids]
-    )
+    assert sequence(deliveries) == created_sent_then_acknowledged(key_ids)
     webhook_ids = [delivery.webhook_id for delivery in deliveries]
     assert len(set(webhook_ids)) == len(webhook_ids)
 
@@ -567,11 +568,7 @@ def test_two_servers_deliver_each_event_once(databases, server_factory, receiver
     assert len(deliveries) == 380
     for name in names:
         per_instance = [delivery for delivery in deliveries if delivery.json["instance"] == name]
-        assert sequence(per_instance) == (
-            [("instance.create", None)]
-            + [("send.message", key_id) for key_id in key_ids[name]]
-            + [("messages.update", key_id) for key_id in key_ids[name]]
-        ), name
+        assert sequence(per_instance) == created_sent_then_acknowledged(key_ids[name]), name
         assert set(message_statuses(servers[0], name).values()) == {"SERVER_ACK"}, name
 
 
