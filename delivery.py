@@ -4,8 +4,8 @@ A queue (one receiver and instance) is delivered in order, one batch at a time. 
 leases the queue's oldest pending events, up to a batch size, and only when the oldest one
 is due and not leased, so a slow receiver holds up nothing but its own queue. A lease
 expires: when a process dies mid-batch, another process claims the unrecorded events again
-and sends them with the same `X-Webhook-Id`. Recording a batch's outcomes and claiming the
-queue's next events share one transaction. The HTTP attempt is in `delivery_attempt.py`,
+and sends them with the same `X-Webhook-Id`. Recording the outcomes of every batch that
+finished since the last claim and claiming the next batches share one transaction. The HTTP attempt is in `delivery_attempt.py`,
 the outcome rows in `delivery_record.py`, and the threads in `delivery_worker.py`.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import aliased
 
 import database
@@ -48,24 +48,44 @@ class Batch:
         return self.claims[0].queue
 
 
-def claimable(now: datetime):
-    """Return the conditions of a pending event that is due and not leased at `now`."""
-    return (
-        Event.status == PENDING_EVENT,
-        Event.next_attempt_at <= now,
-        or_(Event.lease_until.is_(None), Event.lease_until <= now),
-    )
-
-
-def queue_heads(now: datetime):
-    """Return a query of the claimable events that have no earlier pending event in their queue."""
-    earlier = aliased(Event)
-    has_earlier = exists().where(
-        earlier.queue == Event.queue,
-        earlier.status == PENDING_EVENT,
-        or_(earlier.due_at < Event.due_at, and_(earlier.due_at == Event.due_at, earlier.pk < Event.pk)),
-    )
-    return select(Event.queue).where(*claimable(now), ~has_earlier).order_by(Event.due_at, Event.pk)
+# The statements of a claim are built once, with the moment of the claim as the parameter
+# `now`, because building them again for every claim cost more CPU than running them.
+_NOW = bindparam("now", type_=Event.next_attempt_at.type)
+# A pending event that is due and not leased at `now`.
+_CLAIMABLE = and_(
+    Event.status == PENDING_EVENT,
+    Event.next_attempt_at <= _NOW,
+    or_(Event.lease_until.is_(None), Event.lease_until <= _NOW),
+)
+_earlier = aliased(Event)
+# The claimable events that have no earlier pending event in their queue, oldest first.
+_QUEUE_HEADS = (
+    select(Event.queue)
+    .where(_CLAIMABLE, ~exists().where(
+        _earlier.queue == Event.queue,
+        _earlier.status == PENDING_EVENT,
+        or_(_earlier.due_at < Event.due_at, and_(_earlier.due_at == Event.due_at, _earlier.pk < Event.pk)),
+    ))
+    .order_by(Event.due_at, Event.pk)
+)
+_ANY_QUEUE_HEAD = _QUEUE_HEADS.limit(1)
+_DUE_QUEUES = _QUEUE_HEADS.limit(bindparam("max_queues"))
+# On PostgreSQL, two processes claiming at once skip each other's rows instead of waiting on them.
+_DUE_QUEUES_LOCKED = _DUE_QUEUES.with_for_update(skip_locked=True, of=Event)
+# A queue's oldest pending events, each with whether it can be claimed now.
+_QUEUE_EVENTS = (
+    select(*CLAIMED_COLUMNS, _CLAIMABLE.label("is_claimable"))
+    .where(Event.status == PENDING_EVENT, Event.queue == bindparam("queue"))
+    .order_by(Event.due_at, Event.pk)
+    .limit(bindparam("batch_size"))
+)
+_QUEUE_EVENTS_LOCKED = _QUEUE_EVENTS.with_for_update(of=Event)
+_LEASE = (
+    update(Event.__table__)
+    .where(Event.__table__.c.pk.in_(bindparam("pks", expanding=True)))
+    .values(attempts=Event.__table__.c.attempts + 1, lease_until=bindparam("new_lease_until"),
+            lease_token=bindparam("new_lease_token"))
+)
 
 
 def any_event_due(now: datetime) -> bool:
@@ -75,23 +95,39 @@ def any_event_due(now: datetime) -> bool:
     IMMEDIATE) and does not hold up requests that write. It looks for queue heads, so due
     events behind a leased head do not start a write transaction that would claim nothing.
     """
-    found = db.session.scalar(queue_heads(now).limit(1))
+    found = db.session.scalar(_ANY_QUEUE_HEAD, {"now": now})
     db.session.rollback()
     return found is not None
 
 
-def claim_batches(max_queues: int, batch_size: int, lease_seconds: float) -> list[Batch]:
-    """Lease a batch of up to `batch_size` events in each of up to `max_queues` queues."""
+def record_and_claim(finished: list[tuple[Batch, list[Outcome]]], max_queues: int, batch_size: int,
+                     lease_seconds: float) -> list[Batch]:
+    """Record the outcomes of finished batches and lease new batches, in one transaction.
+
+    `finished` pairs each batch with the outcomes of its first events; the claims after the
+    last outcome were not sent and are released. Then a batch of up to `batch_size` events
+    is leased in each of up to `max_queues` queues, the queues just recorded included when
+    nothing in them waits for a retry. Returns the new batches.
+    """
     now = utc_now()
-    if not any_event_due(now):
+    if not finished and (max_queues <= 0 or not any_event_due(now)):
         return []
 
-    query = queue_heads(now).limit(max_queues)
     database.begin_write()
-    if db.engine.dialect.name == "postgresql":
-        # Two processes claiming at once skip each other's rows instead of waiting on them.
-        query = query.with_for_update(skip_locked=True, of=Event)
-    queues = db.session.scalars(query).all()
+    recorded = delivery_record.record_outcomes([(batch.claims, outcomes) for batch, outcomes in finished], now)
+    batches, abandoned = claim_due_queues(now, max_queues, batch_size, lease_seconds) if max_queues > 0 else ([], [])
+    db.session.commit()
+
+    recorded.report()
+    report_abandoned(abandoned)
+    return batches
+
+
+def claim_due_queues(now: datetime, max_queues: int, batch_size: int,
+                     lease_seconds: float) -> tuple[list[Batch], list[str]]:
+    """Lease a batch in each of up to `max_queues` queues whose head is due, in the open write transaction."""
+    query = _DUE_QUEUES_LOCKED if db.engine.dialect.name == "postgresql" else _DUE_QUEUES
+    queues = db.session.scalars(query, {"now": now, "max_queues": max_queues}).all()
 
     lease_token = str(uuid.uuid4())
     lease_until = now + timedelta(seconds=lease_seconds)
@@ -102,32 +138,23 @@ def claim_batches(max_queues: int, batch_size: int, lease_seconds: float) -> lis
         abandoned += gave_up
         if claims:
             batches.append(Batch(claims, lease_token, time.monotonic()))
-    db.session.commit()
-    report_abandoned(abandoned)
-    return batches
+    return batches, abandoned
 
 
 def claim_queue(queue: str, now: datetime, lease_token: str, lease_until: datetime,
                 batch_size: int) -> tuple[list[Claim], list[str]]:
     """Lease the queue's oldest pending events, in order, while they are claimable.
 
-    The caller's write transaction must already hold the queue: its head is locked, or it
-    has just recorded the queue's previous batch. Returns the claims, and the public ids of
-    events that failed for good instead because no attempt of theirs ever finished.
+    The caller's write transaction must already hold the queue: its head is locked. Returns
+    the claims, and the public ids of events that failed for good instead because no attempt
+    of theirs ever finished.
     """
     max_attempts = current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]
-    query = (
-        select(*CLAIMED_COLUMNS, and_(*claimable(now)).label("is_claimable"))
-        .where(Event.status == PENDING_EVENT, Event.queue == queue)
-        .order_by(Event.due_at, Event.pk)
-        .limit(batch_size)
-    )
-    if db.engine.dialect.name == "postgresql":
-        query = query.with_for_update(of=Event)
+    query = _QUEUE_EVENTS_LOCKED if db.engine.dialect.name == "postgresql" else _QUEUE_EVENTS
 
     claims = []
     abandoned = []
-    for row in db.session.execute(query):
+    for row in db.session.execute(query, {"now": now, "queue": queue, "batch_size": batch_size}):
         if not row.is_claimable:
             break  # not due yet or leased, so the later events wait behind it
         if row.attempts >= max_attempts:
@@ -141,39 +168,9 @@ def claim_queue(queue: str, now: datetime, lease_token: str, lease_until: dateti
     if abandoned:
         delivery_record.abandon_unfinished(abandoned, now)
     if claims:
-        db.session.execute(
-            update(Event).where(Event.pk.in_([claim.pk for claim in claims]))
-            .values(attempts=Event.attempts + 1, lease_until=lease_until, lease_token=lease_token)
-            .execution_options(synchronize_session=False)
-        )
+        db.session.execute(_LEASE, {"pks": [claim.pk for claim in claims], "new_lease_until": lease_until,
+                                    "new_lease_token": lease_token})
     return claims, [row.public_id for row in abandoned]
-
-
-def finish_batch(batch: Batch, outcomes: list[Outcome], next_batch_size: int = 0,
-                 lease_seconds: float = 0.0) -> Batch | None:
-    """Record the outcomes of the batch's first events and release the rest, in one transaction.
-
-    `outcomes[i]` belongs to `batch.claims[i]`; the claims after the last outcome were not
-    sent. With `next_batch_size`, the same transaction leases the queue's next events and
-    returns them, unless an event now waits for a retry or the lease was lost.
-    """
-    database.begin_write()
-    now = utc_now()
-    recorded = delivery_record.record_outcomes(batch.claims, outcomes, batch.lease_token, now)
-
-    next_batch = None
-    abandoned = []
-    if next_batch_size and recorded.queue_moves_on:
-        lease_token = str(uuid.uuid4())
-        claims, abandoned = claim_queue(batch.queue, now, lease_token, now + timedelta(seconds=lease_seconds),
-                                        next_batch_size)
-        if claims:
-            next_batch = Batch(claims, lease_token, time.monotonic())
-    db.session.commit()
-
-    recorded.report()
-    report_abandoned(abandoned)
-    return next_batch
 
 
 def report_abandoned(public_ids: list[str]) -> None:

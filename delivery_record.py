@@ -1,7 +1,9 @@
 """The rows a delivery attempt leaves: attempts, event states and back-off, settled messages.
 
 Every function here writes in the caller's transaction, a batch of events at a time, with
-one statement per kind of change rather than one per event.
+one statement per kind of change rather than one per event. The statements are Core
+statements built once: the rows they change are never read back as objects, and the ORM's
+bulk machinery cost more CPU than the database did.
 """
 
 import logging
@@ -10,15 +12,44 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import joinedload
 
 import metrics
 from delivery_attempt import Claim, Outcome
 from events import MESSAGES_UPDATE, emit
-from models import DELIVERED, ERROR, FAILED, PENDING, SERVER_ACK, DeliveryAttempt, Event, Instance, Message, db
+from models import (
+    DELIVERED, ERROR, FAILED, PENDING, PENDING_EVENT, SERVER_ACK, DeliveryAttempt, Event, Instance, Message, Webhook,
+    db,
+)
 
 logger = logging.getLogger(__name__)
+
+_events = Event.__table__
+_messages = Message.__table__
+_LEASE_TOKENS = select(_events.c.pk, _events.c.lease_token).where(_events.c.pk.in_(bindparam("pks", expanding=True)))
+_INSERT_ATTEMPTS = insert(DeliveryAttempt.__table__)
+# An attempt's outcome; `next_attempt_at` changes only when a retry is due.
+_RECORD_OUTCOME = (
+    update(_events).where(_events.c.pk == bindparam("event_pk"))
+    .values(status=bindparam("new_status"), finished_at=bindparam("new_finished_at"),
+            next_attempt_at=func.coalesce(bindparam("new_next_attempt_at", type_=_events.c.next_attempt_at.type),
+                                          _events.c.next_attempt_at),
+            last_error=bindparam("new_last_error"), lease_until=None, lease_token=None)
+)
+# A claimed event that was not sent: the lease ends and the attempt it counted is taken back.
+_RELEASE = (
+    update(_events).where(_events.c.pk == bindparam("event_pk"))
+    .values(attempts=bindparam("new_attempts"), lease_until=None, lease_token=None)
+)
+# Pending messages take their final status; the row's columns come back for MESSAGES_UPDATE.
+_SETTLE = (
+    update(_messages)
+    .where(_messages.c.pk.in_(bindparam("pks", expanding=True)), _messages.c.status == PENDING)
+    .values(status=bindparam("new_status"))
+    .returning(_messages.c.pk, _messages.c.instance_pk, _messages.c.key_id, _messages.c.remote_jid,
+               _messages.c.from_me)
+)
 
 UNFINISHED_ERROR = "no attempt finished; the sending process stopped each time"
 
@@ -44,12 +75,6 @@ class Recorded:
 
     results: list[tuple[Claim, Outcome, str, datetime | None]] = field(default_factory=list)
     lost: list[Claim] = field(default_factory=list)
-    waits_for_retry: bool = False
-
-    @property
-    def queue_moves_on(self) -> bool:
-        """Whether the queue's next events may be sent: no event waits and no lease was lost."""
-        return not self.waits_for_retry and not self.lost
 
     def report(self) -> None:
         max_attempts = current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]
@@ -65,55 +90,63 @@ class Recorded:
             metrics.count_delivery_attempt(result)
 
 
-def record_outcomes(claims: list[Claim], outcomes: list[Outcome], lease_token: str, now: datetime) -> Recorded:
-    """Store the outcomes of `claims[:len(outcomes)]` and release the unsent claims after them.
+def record_outcomes(batches: list[tuple[list[Claim], list[Outcome]]], now: datetime) -> Recorded:
+    """Store the outcomes of each batch's first claims and release its unsent claims after them.
 
-    Only events that still carry `lease_token` are written. For the others the lease ran out
-    and another claim owns them, so their outcome is dropped.
+    In each `(claims, outcomes)` pair, `outcomes[i]` belongs to `claims[i]`. Only events that
+    still carry their claim's lease token are written. For the others the lease ran out and
+    another claim owns them, so their outcome is dropped.
     """
     config = current_app.config
-    query = select(Event.pk).where(Event.pk.in_([claim.pk for claim in claims]), Event.lease_token == lease_token)
-    if db.engine.dialect.name == "postgresql":
-        query = query.with_for_update(of=Event)
-    owned = set(db.session.scalars(query))
-
     recorded = Recorded()
+    every_claim = [claim for claims, _ in batches for claim in claims]
+    if not every_claim:
+        return recorded
+    query = _LEASE_TOKENS.with_for_update() if db.engine.dialect.name == "postgresql" else _LEASE_TOKENS
+    lease_tokens = dict(db.session.execute(query, {"pks": [claim.pk for claim in every_claim]}).all())
+
+    def owned(claim: Claim) -> bool:
+        return lease_tokens.get(claim.pk) == claim.lease_token
+
     attempts = []
     changes = []
+    released = []
     settled = {SERVER_ACK: [], ERROR: []}
-    for claim, outcome in zip(claims, outcomes):
-        if claim.pk not in owned:
-            recorded.lost.append(claim)
-            continue
-        change = {"pk": claim.pk, "lease_until": None, "lease_token": None, "last_error": outcome.error}
-        next_attempt_at = None
-        if outcome.delivered:
-            change.update(status=DELIVERED, finished_at=now)
-            settled[SERVER_ACK].append(claim.message_pk)
-            result = metrics.ATTEMPT_DELIVERED
-        elif will_retry(claim, outcome, config):
-            next_attempt_at = now + timedelta(seconds=retry_delay(claim.attempt, outcome.retry_after, config))
-            change.update(next_attempt_at=next_attempt_at)
-            recorded.waits_for_retry = True
-            result = metrics.ATTEMPT_WILL_RETRY
-        else:
-            change.update(status=FAILED, finished_at=now)
-            settled[ERROR].append(claim.message_pk)
-            result = metrics.ATTEMPT_GAVE_UP
-        changes.append(change)
-        attempts.append({"event_pk": claim.pk, "number": claim.attempt, "attempted_at": now,
-                         "status_code": outcome.status_code, "error": outcome.error, "next_attempt_at": next_attempt_at})
-        recorded.results.append((claim, outcome, result, next_attempt_at))
+    for claims, outcomes in batches:
+        for claim, outcome in zip(claims, outcomes):
+            if not owned(claim):
+                recorded.lost.append(claim)
+                continue
+            change = {"event_pk": claim.pk, "new_status": PENDING_EVENT, "new_finished_at": None,
+                      "new_next_attempt_at": None, "new_last_error": outcome.error}
+            if outcome.delivered:
+                change.update(new_status=DELIVERED, new_finished_at=now)
+                settled[SERVER_ACK].append(claim.message_pk)
+                result = metrics.ATTEMPT_DELIVERED
+            elif will_retry(claim, outcome, config):
+                change.update(new_next_attempt_at=now + timedelta(
+                    seconds=retry_delay(claim.attempt, outcome.retry_after, config)))
+                result = metrics.ATTEMPT_WILL_RETRY
+            else:
+                change.update(new_status=FAILED, new_finished_at=now)
+                settled[ERROR].append(claim.message_pk)
+                result = metrics.ATTEMPT_GAVE_UP
+            changes.append(change)
+            attempts.append({"event_pk": claim.pk, "number": claim.attempt, "attempted_at": now,
+                             "status_code": outcome.status_code, "error": outcome.error,
+                             "next_attempt_at": change["new_next_attempt_at"]})
+            recorded.results.append((claim, outcome, result, change["new_next_attempt_at"]))
 
-    for claim in claims[len(outcomes):]:
-        if claim.pk in owned:
-            # Never sent: the attempt counted by the claim is taken back.
-            changes.append({"pk": claim.pk, "attempts": claim.attempt - 1, "lease_until": None, "lease_token": None})
+        for claim in claims[len(outcomes):]:
+            if owned(claim):
+                released.append({"event_pk": claim.pk, "new_attempts": claim.attempt - 1})
 
     if attempts:
-        db.session.execute(insert(DeliveryAttempt), attempts)
+        db.session.execute(_INSERT_ATTEMPTS, attempts)
     if changes:
-        db.session.execute(update(Event), changes)
+        db.session.execute(_RECORD_OUTCOME, changes)
+    if released:
+        db.session.execute(_RELEASE, released)
     settle_messages(settled[SERVER_ACK], SERVER_ACK)
     settle_messages(settled[ERROR], ERROR)
     return recorded
@@ -143,26 +176,24 @@ def settle_messages(message_pks: list[int | None], status: str) -> None:
     message_pks = [pk for pk in message_pks if pk is not None]
     if not message_pks:
         return
-    query = (
-        select(Message.pk, Message.key_id, Message.remote_jid, Message.from_me, Instance)
-        .join(Instance, Message.instance_pk == Instance.pk)
-        .options(joinedload(Instance.webhook))
-        .where(Message.pk.in_(message_pks), Message.status == PENDING)
-    )
-    if db.engine.dialect.name == "postgresql":
-        query = query.with_for_update(of=Message)
-    pending = {row.pk: row for row in db.session.execute(query)}
-    if not pending:
+    settled = {row.pk: row for row in db.session.execute(_SETTLE, {"pks": message_pks, "new_status": status})}
+    instance_pks = {row.instance_pk for row in settled.values()}
+    if not instance_pks:
         return
-    db.session.execute(
-        update(Message).where(Message.pk.in_(list(pending))).values(status=status)
-        .execution_options(synchronize_session=False)
-    )
+    if not current_app.config["WEBHOOK_GLOBAL_ENABLED"]:
+        # Without the global receiver, only instances whose webhook wants the event are loaded.
+        webhooks = db.session.scalars(select(Webhook).where(Webhook.instance_pk.in_(instance_pks)))
+        instance_pks = {webhook.instance_pk for webhook in webhooks if webhook.wants(MESSAGES_UPDATE)}
+        if not instance_pks:
+            return
+    instances = {instance.pk: instance for instance in db.session.scalars(
+        select(Instance).options(joinedload(Instance.webhook)).where(Instance.pk.in_(instance_pks)))}
     for pk in message_pks:
-        row = pending.get(pk)
-        if row is None:
+        row = settled.get(pk)
+        instance = instances.get(row.instance_pk) if row is not None else None
+        if instance is None:
             continue
-        emit(row.Instance, MESSAGES_UPDATE, {
+        emit(instance, MESSAGES_UPDATE, {
             "keyId": row.key_id, "remoteJid": row.remote_jid, "fromMe": row.from_me,
-            "status": status, "instanceId": row.Instance.public_id,
+            "status": status, "instanceId": instance.public_id,
         })

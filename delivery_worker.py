@@ -1,9 +1,10 @@
 """The delivery threads: one claiming loop per server process and a pool of sender threads.
 
 The loop claims batches of due events, one batch per queue, and hands each to a sender
-thread. The thread posts the batch's events in order over one kept-open connection, then
-records their outcomes and claims the queue's next events in one transaction, and goes on
-with that queue while it has due events, for up to `QUEUE_ROUNDS` batches.
+thread. The thread posts the batch's events in order over a kept-open connection and hands
+the outcomes back; each thread keeps its client, and so its connections, between batches. The loop then records the outcomes of every batch finished since
+its last turn and claims the next batches in one transaction, so under load one
+transaction serves many queues, while a receiver that hangs holds up only its own queue.
 
 gunicorn starts the loop in each worker as it boots (`post_worker_init`); elsewhere, such as
 the development server, the first request starts it. Forked processes start their own.
@@ -16,10 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask
-from sqlalchemy.exc import SQLAlchemyError
 
 import webhook_http
-from delivery import Batch, claim_batches, finish_batch
+from delivery import Batch, record_and_claim
 from delivery_attempt import Outcome, attempt_delivery
 from delivery_record import will_retry
 from models import db
@@ -37,76 +37,70 @@ BATCH_WINDOW_SECONDS = 1.0
 # A lease outlives the batch window plus the request timeout by this much before another
 # process may claim the events again.
 LEASE_MARGIN_SECONDS = 5
-# Batches of one queue a sender thread delivers in a row before it hands the queue back to
-# the claiming loop, so that busy queues take turns when every thread is busy.
-QUEUE_ROUNDS = 10
+# Pause after a failed transaction of the loop, so an unreachable database is not hammered.
+FAILURE_PAUSE_SECONDS = 1
 
 
 class DeliveryWorker:
-    """Claims batches of due events in a loop and hands them to a pool of sender threads."""
+    """Claims batches of due events in a loop, hands them to sender threads and records their outcomes."""
 
     def __init__(self, app: Flask):
         self.app = app
         self.pool = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="evogate-delivery")
         self.lease_seconds = (app.config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000 + BATCH_WINDOW_SECONDS
                               + LEASE_MARGIN_SECONDS)
+        # Guards `in_flight` and `finished`; notified when a sender thread finishes a batch.
+        self.changed = threading.Condition()
         self.in_flight = 0
-        self.lock = threading.Lock()
-        # Set when a sender thread frees up while claimable queues may be left over, so the
-        # loop claims again at once instead of after the poll interval.
-        self.thread_freed = threading.Event()
-        self.threads_ran_out = False
+        self.finished: list[tuple[Batch, list[Outcome]]] = []
+        # Each sender thread's client, kept with its open connections from batch to batch.
+        self.clients = threading.local()
 
     def run(self) -> None:
         poll_interval = self.app.config["WEBHOOK_POLL_INTERVAL_SECONDS"]
         while True:
-            self.thread_freed.clear()
-            with self.lock:
+            with self.changed:
+                finished, self.finished = self.finished, []
                 free = SENDER_THREADS - self.in_flight
-            batches = self.claim(free) if free > 0 else []
-            # Every free thread got a queue, so more queues may be due than threads took.
-            self.threads_ran_out = len(batches) == free
+            batches = self.record_and_claim(finished, free)
+            with self.changed:
+                self.in_flight += len(batches)
             for batch in batches:
-                with self.lock:
-                    self.in_flight += 1
                 self.pool.submit(self.process, batch)
-            if not batches:
-                self.thread_freed.wait(poll_interval)
+            with self.changed:
+                # A finished batch wakes the loop at once; new events wait for the poll interval.
+                if not self.finished:
+                    self.changed.wait(poll_interval)
 
-    def claim(self, limit: int) -> list[Batch]:
+    def record_and_claim(self, finished: list[tuple[Batch, list[Outcome]]], free: int) -> list[Batch]:
         with self.app.app_context():
             try:
-                return claim_batches(limit, BATCH_SIZE, self.lease_seconds)
-            except SQLAlchemyError:
-                logger.warning("Claiming due webhook deliveries failed; trying again", exc_info=True)
+                return record_and_claim(finished, free, BATCH_SIZE, self.lease_seconds)
+            except Exception:  # noqa: BLE001 - the leases expire and the deliveries are made again
+                if finished:
+                    logger.exception(
+                        "Recording deliveries %s failed; they will be retried when their lease ends",
+                        ", ".join(claim.public_id for batch, outcomes in finished
+                                  for claim in batch.claims[:len(outcomes)]))
+                else:
+                    logger.warning("Claiming due webhook deliveries failed; trying again", exc_info=True)
                 db.session.rollback()
-                time.sleep(1)
+                time.sleep(FAILURE_PAUSE_SECONDS)
                 return []
 
     def process(self, batch: Batch) -> None:
-        """Deliver the batch, then the queue's next batches, up to QUEUE_ROUNDS in all."""
-        queue_handed_back = False
+        """Deliver the batch and hand its outcomes to the loop."""
+        outcomes: list[Outcome] = []
         try:
-            with webhook_http.Client() as client:
-                for round_number in range(1, QUEUE_ROUNDS + 1):
-                    outcomes = self.send(batch, client)
-                    last_round = round_number == QUEUE_ROUNDS
-                    try:
-                        with self.app.app_context():
-                            batch = finish_batch(batch, outcomes, 0 if last_round else BATCH_SIZE,
-                                                 self.lease_seconds)
-                    except Exception:  # noqa: BLE001 - the leases expire and the deliveries are made again
-                        logger.exception("Recording deliveries %s failed; they will be retried when their lease ends",
-                                         ", ".join(claim.public_id for claim in batch.claims[:len(outcomes)]))
-                        return
-                    queue_handed_back = last_round
-                    if batch is None:
-                        return
+            client = getattr(self.clients, "client", None)
+            if client is None:
+                client = self.clients.client = webhook_http.Client()
+            outcomes = self.send(batch, client)
         finally:
-            with self.lock:
+            with self.changed:
                 self.in_flight -= 1
-            if self.threads_ran_out or queue_handed_back:
-                self.thread_freed.set()
+                self.finished.append((batch, outcomes))
+                self.changed.notify()
 
     def send(self, batch: Batch, client: webhook_http.Client) -> list[Outcome]:
         """Post the batch's events in order; stop at one that waits for a retry or when the window ends."""

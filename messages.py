@@ -8,12 +8,12 @@ import logging
 import secrets
 import time
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from errors import ApiError
 from events import MESSAGES_UPSERT, SEND_MESSAGE, delay_until, emit
-from models import DELIVERY_ACK, OPEN, PENDING, Instance, Message, db
+from models import DELIVERY_ACK, OPEN, PENDING, Instance, Message, db, utc_now
 from schemas import message_schema
 
 logger = logging.getLogger(__name__)
@@ -26,30 +26,39 @@ class NotConnected(ApiError):
         super().__init__(f'The "{name}" instance is not connected')
 
 
+_INSERT_MESSAGE = insert(Message.__table__)
+
+
 def new_message_id() -> str:
     """Return a message id in the form WhatsApp Web uses: 3EB0 and 16 upper-case hex digits."""
     return "3EB0" + secrets.token_hex(8).upper()
 
 
-def send_text(instance: Instance, data: dict) -> Message:
-    """Store a text message as PENDING; it is committed before the caller answers."""
+def send_text(instance: Instance, data: dict) -> dict:
+    """Store a text message as PENDING and return its columns; it is committed before the caller answers.
+
+    The message is written with a Core insert, without the ORM's unit of work, which cost
+    more CPU than the rest of the request. The returned dict has what `message_schema` dumps.
+    """
     if instance.connection_status != OPEN:
         raise NotConnected(instance.name)
-    message = Message(
-        instance=instance,
-        key_id=new_message_id(),
-        remote_jid=data["number"],
-        from_me=True,
-        status=PENDING,
-        message_type="conversation",
-        text=data["text"],
-        message_timestamp=int(time.time()),
-    )
-    db.session.add(message)
-    db.session.flush()
-    emit(instance, SEND_MESSAGE, message_schema.dump(message), due_at=delay_until(data["delay"]), message=message)
+    message = {
+        "instance_pk": instance.pk,
+        "key_id": new_message_id(),
+        "remote_jid": data["number"],
+        "from_me": True,
+        "status": PENDING,
+        "message_type": "conversation",
+        "text": data["text"],
+        "message_timestamp": int(time.time()),
+        "created_at": utc_now(),
+    }
+    message["pk"] = db.session.execute(_INSERT_MESSAGE, message).inserted_primary_key[0]
+    message["instance"] = instance
+    emit(instance, SEND_MESSAGE, message_schema.dump(message), due_at=delay_until(data["delay"]),
+         message_pk=message["pk"])
     db.session.commit()
-    logger.info("Message stored: instance=%s id=%s", instance.name, message.key_id)
+    logger.info("Message stored: instance=%s id=%s", instance.name, message["key_id"])
     return message
 
 

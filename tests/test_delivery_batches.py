@@ -34,6 +34,17 @@ def queue_messages(api, count: int, events=("SEND_MESSAGE",)) -> list[str]:
     return key_ids
 
 
+def claim(batch_size: int) -> list[delivery.Batch]:
+    """Claim a batch in each due queue, as the worker loop does with nothing to record."""
+    return delivery.record_and_claim([], max_queues=10, batch_size=batch_size, lease_seconds=LEASE_SECONDS)
+
+
+def finish(finished: list[tuple[delivery.Batch, list[Outcome]]], next_batch_size: int = 0) -> list[delivery.Batch]:
+    """Record finished batches and, with `next_batch_size`, claim the next ones in the same transaction."""
+    return delivery.record_and_claim(finished, max_queues=10 if next_batch_size else 0,
+                                     batch_size=next_batch_size, lease_seconds=LEASE_SECONDS)
+
+
 def event_rows() -> list:
     """Return the outbox rows in order, as plain rows that outlive the session."""
     rows = db.session.execute(select(
@@ -54,9 +65,9 @@ def test_claim_leases_queue_in_order(app, api):
     queue_messages(api, 5)
 
     with app.app_context():
-        [batch] = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
+        [batch] = claim(3)
         rows = event_rows()
-        second_claim = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
+        second_claim = claim(3)
 
     assert [claim.pk for claim in batch.claims] == [row.pk for row in rows[:3]]
     assert [claim.attempt for claim in batch.claims] == [1, 1, 1]
@@ -70,13 +81,12 @@ def test_retry_releases_later_events(app, api):
     queue_messages(api, 3)
 
     with app.app_context():
-        [batch] = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
-        next_batch = delivery.finish_batch(batch, [DELIVERED_200, FAILED_503], next_batch_size=3,
-                                           lease_seconds=LEASE_SECONDS)
+        [batch] = claim(3)
+        next_batches = finish([(batch, [DELIVERED_200, FAILED_503])], next_batch_size=3)
         delivered, waiting, unsent = event_rows()
         statuses = message_statuses()
 
-    assert next_batch is None
+    assert next_batches == []
     assert (delivered.status, delivered.attempts) == (DELIVERED, 1)
     assert (waiting.status, waiting.attempts, waiting.last_error) == (PENDING_EVENT, 1, "the receiver answered 503")
     assert waiting.next_attempt_at > delivered.finished_at
@@ -86,13 +96,12 @@ def test_retry_releases_later_events(app, api):
     assert statuses == ["SERVER_ACK", "PENDING", "PENDING"]
 
 
-def test_finish_claims_queue_next_events(app, api):
+def test_recording_claims_queue_next_events(app, api):
     queue_messages(api, 5)
 
     with app.app_context():
-        [first] = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
-        second = delivery.finish_batch(first, [DELIVERED_200, DELIVERED_200], next_batch_size=2,
-                                       lease_seconds=LEASE_SECONDS)
+        [first] = claim(2)
+        [second] = finish([(first, [DELIVERED_200, DELIVERED_200])], next_batch_size=2)
         rows = event_rows()
 
     assert [claim.pk for claim in second.claims] == [row.pk for row in rows[2:4]]
@@ -105,17 +114,17 @@ def test_lost_lease_drops_outcome(app, api):
     queue_messages(api, 2)
 
     with app.app_context():
-        [batch] = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
+        [batch] = claim(2)
         # Another process claimed the first event again after this lease ran out.
         db.session.execute(update(Event).where(Event.pk == batch.claims[0].pk).values(lease_token="another-claim"))
         db.session.commit()
-        next_batch = delivery.finish_batch(batch, [DELIVERED_200, DELIVERED_200], next_batch_size=2,
-                                           lease_seconds=LEASE_SECONDS)
+        next_batches = finish([(batch, [DELIVERED_200, DELIVERED_200])], next_batch_size=2)
         first, second = event_rows()
         attempt_events = db.session.scalars(select(DeliveryAttempt.event_pk)).all()
         db.session.rollback()
 
-    assert next_batch is None
+    # The first event is leased by the other claim, so it holds up the queue.
+    assert next_batches == []
     assert (first.status, first.lease_token) == (PENDING_EVENT, "another-claim")
     assert second.status == DELIVERED
     assert attempt_events == [second.pk]
@@ -129,7 +138,7 @@ def test_unfinished_head_fails_and_queue_goes_on(app, api):
         head_pk = event_rows()[0].pk
         db.session.execute(update(Event).where(Event.pk == head_pk).values(attempts=max_attempts))
         db.session.commit()
-        [batch] = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
+        [batch] = claim(3)
         head = event_rows()[0]
         statuses = message_statuses()
 
@@ -148,8 +157,8 @@ def test_settling_emits_update_when_wanted(app, api, subscribed, expected_update
     key_ids = queue_messages(api, 3, events=subscribed)
 
     with app.app_context():
-        [batch] = delivery.claim_batches(max_queues=10, batch_size=3, lease_seconds=LEASE_SECONDS)
-        delivery.finish_batch(batch, [DELIVERED_200] * 3)
+        [batch] = claim(3)
+        finish([(batch, [DELIVERED_200] * 3)])
         updates = db.session.scalars(select(Event.body).where(Event.name == "MESSAGES_UPDATE").order_by(Event.pk)).all()
         db.session.rollback()
 
@@ -169,8 +178,8 @@ def test_batch_recorded_in_few_statements(app, api):
     with app.app_context():
         sqlalchemy_event.listen(db.engine, "before_cursor_execute", count)
         try:
-            [batch] = delivery.claim_batches(max_queues=10, batch_size=10, lease_seconds=LEASE_SECONDS)
-            delivery.finish_batch(batch, [DELIVERED_200] * 10, next_batch_size=10, lease_seconds=LEASE_SECONDS)
+            [batch] = claim(10)
+            finish([(batch, [DELIVERED_200] * 10)], next_batch_size=10)
         finally:
             sqlalchemy_event.remove(db.engine, "before_cursor_execute", count)
         delivered = db.session.scalar(select(func.count()).select_from(Event).where(Event.status == DELIVERED))
@@ -185,13 +194,13 @@ def test_claim_skips_queue_waiting_for_retry(app, api):
     queue_messages(api, 2)
 
     with app.app_context():
-        [batch] = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
-        delivery.finish_batch(batch, [FAILED_503])
-        waiting = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
+        [batch] = claim(2)
+        finish([(batch, [FAILED_503])])
+        waiting = claim(2)
         db.session.execute(update(Event).where(Event.pk == batch.claims[0].pk)
                            .values(next_attempt_at=utc_now() - timedelta(seconds=1)))
         db.session.commit()
-        [retry] = delivery.claim_batches(max_queues=10, batch_size=2, lease_seconds=LEASE_SECONDS)
+        [retry] = claim(2)
 
     assert waiting == []
     assert [claim.pk for claim in retry.claims] == [claim.pk for claim in batch.claims]

@@ -152,16 +152,22 @@ def test_delivery_attempts_counted_by_outcome(app, client, api):
     before = scrape(client)
 
     with app.app_context():
-        [first] = delivery.claim_batches(max_queues=10, batch_size=1, lease_seconds=30)
-        delivery.finish_batch(first, [delivery.Outcome(delivered=False, retryable=True, error="timed out")])
+        def claim() -> delivery.Batch:
+            [batch] = delivery.record_and_claim([], max_queues=10, batch_size=1, lease_seconds=30)
+            return batch
+
+        def record(batch: delivery.Batch, outcome: delivery.Outcome) -> None:
+            delivery.record_and_claim([(batch, [outcome])], max_queues=0, batch_size=1, lease_seconds=30)
+
+        first = claim()
+        record(first, delivery.Outcome(delivered=False, retryable=True, error="timed out"))
         event_pk = first.claims[0].pk
         db.session.execute(update(Event).where(Event.pk == event_pk).values(next_attempt_at=utc_now() - timedelta(1)))
         db.session.commit()
-        [retry] = delivery.claim_batches(max_queues=10, batch_size=1, lease_seconds=30)
+        retry = claim()
         assert retry.claims[0].pk == event_pk
-        delivery.finish_batch(retry, [delivery.Outcome(delivered=False, retryable=False, status_code=404)])
-        [following] = delivery.claim_batches(max_queues=10, batch_size=1, lease_seconds=30)
-        delivery.finish_batch(following, [delivery.Outcome(delivered=True, retryable=False, status_code=200)])
+        record(retry, delivery.Outcome(delivered=False, retryable=False, status_code=404))
+        record(claim(), delivery.Outcome(delivered=True, retryable=False, status_code=200))
 
     after = scrape(client)
     attempts = "evogate_webhook_delivery_attempts_total"
