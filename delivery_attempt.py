@@ -12,7 +12,8 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
-import requests
+import urllib3.exceptions
+from urllib3.util import make_headers
 
 import webhook_http
 from config import VERSION
@@ -65,7 +66,6 @@ def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client) ->
             return Outcome(delivered=False, retryable=False, error=str(error))
 
     parts = urlsplit(claim.url)
-    auth = (unquote(parts.username), unquote(parts.password or "")) if parts.username else None
     timestamp = str(int(time.time()))
     headers = {
         **claim.headers,
@@ -75,21 +75,21 @@ def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client) ->
         "X-Webhook-Timestamp": timestamp,
         "X-Webhook-Signature": sign(claim.secret, timestamp, claim.body),
     }
+    if parts.username:
+        # Credentials in the URL become basic authentication, as browsers and requests do.
+        credentials = unquote(parts.username) + ":" + unquote(parts.password or "")
+        headers.update(make_headers(basic_auth=credentials))
 
     try:
-        response = client.post(
-            without_credentials(claim.url), config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000,
-            data=claim.body, headers=headers, auth=auth, allow_redirects=False,
-            verify=config["WEBHOOK_CA_BUNDLE"] or True,
-        )
-    except requests.Timeout:
+        response = client.post(without_credentials(claim.url), config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000,
+                               claim.body, headers)
+    except (urllib3.exceptions.TimeoutError, TimeoutError):
         return Outcome(delivered=False, retryable=True, error="the receiver timed out")
-    except requests.RequestException as error:
+    except (urllib3.exceptions.HTTPError, OSError) as error:
         # The class name only: messages can carry the URL, and URLs can carry secrets.
         return Outcome(delivered=False, retryable=True, error=f"connection failed ({type(error).__name__})")
 
-    status = response.status_code
-    response.close()
+    status = response.status
     if 200 <= status < 300:
         return Outcome(delivered=True, retryable=False, status_code=status)
     return Outcome(

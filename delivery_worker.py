@@ -94,7 +94,7 @@ class DeliveryWorker:
         try:
             client = getattr(self.clients, "client", None)
             if client is None:
-                client = self.clients.client = webhook_http.Client()
+                client = self.clients.client = webhook_http.Client(self.app.config["WEBHOOK_CA_BUNDLE"])
             outcomes = self.send(batch, client)
         finally:
             with self.changed:

@@ -1,5 +1,7 @@
 """The deliveries' HTTP client against a local HTTP/1.1 server that keeps connections open."""
 
+import ssl
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -18,8 +20,12 @@ class KeepAliveServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, drop_request: int | None = None):
+    def __init__(self, drop_request: int | None = None, ssl_context: ssl.SSLContext | None = None):
         super().__init__(("127.0.0.1", 0), self.handler_class())
+        self.scheme = "http"
+        if ssl_context is not None:
+            self.socket = ssl_context.wrap_socket(self.socket, server_side=True)
+            self.scheme = "https"
         self.drop_request = drop_request
         self.connections = 0
         self.requests = 0
@@ -28,7 +34,7 @@ class KeepAliveServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+        return f"{self.scheme}://127.0.0.1:{self.server_address[1]}/hook"
 
     def handler_class(self):
         server = self
@@ -78,7 +84,7 @@ def test_client_reuses_one_connection(start_server):
     server = start_server()
 
     with webhook_http.Client() as client:
-        statuses = [client.post(server.url, 5, data=b"{}").status_code for _ in range(5)]
+        statuses = [client.post(server.url, 5, b"{}").status for _ in range(5)]
 
     assert statuses == [200] * 5
     assert server.requests == 5
@@ -89,10 +95,10 @@ def test_client_resends_on_closed_connection(start_server):
     server = start_server(drop_request=2)
 
     with webhook_http.Client() as client:
-        first = client.post(server.url, 5, data=b"{}")
-        second = client.post(server.url, 5, data=b"{}")
+        first = client.post(server.url, 5, b"{}")
+        second = client.post(server.url, 5, b"{}")
 
-    assert (first.status_code, second.status_code) == (200, 200)
+    assert (first.status, second.status) == (200, 200)
     # The second request was read once on the old connection and once more on a new one.
     assert server.requests == 3
     assert server.connections == 2
@@ -101,7 +107,34 @@ def test_client_resends_on_closed_connection(start_server):
 def test_client_new_connection_failure_raised(start_server):
     server = start_server(drop_request=1)
 
-    with webhook_http.Client() as client, pytest.raises(webhook_http.requests.ConnectionError):
-        client.post(server.url, 5, data=b"{}")
+    with webhook_http.Client() as client, pytest.raises(webhook_http.ProtocolError):
+        client.post(server.url, 5, b"{}")
 
+    assert server.requests == 1
+
+
+@pytest.fixture
+def tls_server(tmp_path, start_server):
+    """A receiver on HTTPS with a self-signed certificate for 127.0.0.1; returns it and the certificate's path."""
+    certificate, key = tmp_path / "receiver.pem", tmp_path / "receiver.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+        check=True, capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certificate, key)
+    return start_server(ssl_context=context), str(certificate)
+
+
+def test_client_verifies_receiver_against_ca_bundle(tls_server):
+    server, certificate = tls_server
+
+    with webhook_http.Client(ca_bundle=certificate) as client:
+        status = client.post(server.url, 5, b"{}").status
+    with webhook_http.Client() as client, pytest.raises(webhook_http.urllib3.exceptions.SSLError):
+        client.post(server.url, 5, b"{}")
+
+    assert status == 200
+    # The unverified attempt never got as far as a request.
     assert server.requests == 1
