@@ -125,29 +125,38 @@ def record_and_claim(finished: list[tuple[Batch, list[Outcome]]], max_queues: in
 
 def claim_due_queues(now: datetime, max_queues: int, batch_size: int,
                      lease_seconds: float) -> tuple[list[Batch], list[str]]:
-    """Lease a batch in each of up to `max_queues` queues whose head is due, in the open write transaction."""
+    """Lease a batch in each of up to `max_queues` queues whose head is due, in the open write transaction.
+
+    Returns the batches, and the public ids of events that failed for good instead because
+    no attempt of theirs ever finished. Every batch shares one lease token, set by one UPDATE.
+    """
     query = _DUE_QUEUES_LOCKED if db.engine.dialect.name == "postgresql" else _DUE_QUEUES
     queues = db.session.scalars(query, {"now": now, "max_queues": max_queues}).all()
 
     lease_token = str(uuid.uuid4())
-    lease_until = now + timedelta(seconds=lease_seconds)
     batches = []
     abandoned = []
     for queue in queues:
-        claims, gave_up = claim_queue(queue, now, lease_token, lease_until, batch_size)
+        claims, gave_up = queue_claims(queue, now, lease_token, batch_size)
         abandoned += gave_up
         if claims:
             batches.append(Batch(claims, lease_token, time.monotonic()))
-    return batches, abandoned
+    if abandoned:
+        delivery_record.abandon_unfinished(abandoned, now)
+    if batches:
+        db.session.execute(_LEASE, {
+            "pks": [claim.pk for batch in batches for claim in batch.claims],
+            "new_lease_until": now + timedelta(seconds=lease_seconds), "new_lease_token": lease_token,
+        })
+    return batches, [row.public_id for row in abandoned]
 
 
-def claim_queue(queue: str, now: datetime, lease_token: str, lease_until: datetime,
-                batch_size: int) -> tuple[list[Claim], list[str]]:
-    """Lease the queue's oldest pending events, in order, while they are claimable.
+def queue_claims(queue: str, now: datetime, lease_token: str, batch_size: int) -> tuple[list[Claim], list]:
+    """Read the queue's oldest pending events, in order, while they are claimable.
 
     The caller's write transaction must already hold the queue: its head is locked. Returns
-    the claims, and the public ids of events that failed for good instead because no attempt
-    of theirs ever finished.
+    the claims, and the rows of events whose every attempt was claimed and never finished;
+    the caller leases the first and fails the second.
     """
     max_attempts = current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]
     query = _QUEUE_EVENTS_LOCKED if db.engine.dialect.name == "postgresql" else _QUEUE_EVENTS
@@ -165,12 +174,7 @@ def claim_queue(queue: str, now: datetime, lease_token: str, lease_until: dateti
             url=row.url, headers=dict(row.headers or {}), secret=row.secret, body=bytes(row.body),
             message_pk=row.message_pk, attempt=row.attempts + 1, lease_token=lease_token,
         ))
-    if abandoned:
-        delivery_record.abandon_unfinished(abandoned, now)
-    if claims:
-        db.session.execute(_LEASE, {"pks": [claim.pk for claim in claims], "new_lease_until": lease_until,
-                                    "new_lease_token": lease_token})
-    return claims, [row.public_id for row in abandoned]
+    return claims, abandoned
 
 
 def report_abandoned(public_ids: list[str]) -> None:

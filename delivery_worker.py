@@ -3,8 +3,9 @@
 The loop claims batches of due events, one batch per queue, and hands each to a sender
 thread. The thread posts the batch's events in order over a kept-open connection and hands
 the outcomes back; each thread keeps its client, and so its connections, between batches. The loop then records the outcomes of every batch finished since
-its last turn and claims the next batches in one transaction, so under load one
-transaction serves many queues, while a receiver that hangs holds up only its own queue.
+its last turn and claims the next batches in one transaction. Turns are at least
+`TURN_SECONDS` apart, so under load one transaction serves many queues, while a receiver
+that hangs holds up only its own queue.
 
 gunicorn starts the loop in each worker as it boots (`post_worker_init`); elsewhere, such as
 the development server, the first request starts it. Forked processes start their own.
@@ -37,6 +38,10 @@ BATCH_WINDOW_SECONDS = 1.0
 # A lease outlives the batch window plus the request timeout by this much before another
 # process may claim the events again.
 LEASE_MARGIN_SECONDS = 5
+# Shortest time between two turns of the loop. A busy loop would record one or two events
+# per transaction; waiting lets the batches that finish meanwhile share the turn, for at
+# most this much more delivery latency.
+TURN_SECONDS = 0.05
 # Pause after a failed transaction of the loop, so an unreachable database is not hammered.
 FAILURE_PAUSE_SECONDS = 1
 
@@ -58,7 +63,10 @@ class DeliveryWorker:
 
     def run(self) -> None:
         poll_interval = self.app.config["WEBHOOK_POLL_INTERVAL_SECONDS"]
+        next_turn = time.monotonic()
         while True:
+            time.sleep(max(0.0, next_turn - time.monotonic()))
+            next_turn = time.monotonic() + TURN_SECONDS
             with self.changed:
                 finished, self.finished = self.finished, []
                 free = SENDER_THREADS - self.in_flight
@@ -68,7 +76,7 @@ class DeliveryWorker:
             for batch in batches:
                 self.pool.submit(self.process, batch)
             with self.changed:
-                # A finished batch wakes the loop at once; new events wait for the poll interval.
+                # A finished batch wakes the loop for its next turn; new events wait for the poll interval.
                 if not self.finished:
                     self.changed.wait(poll_interval)
 

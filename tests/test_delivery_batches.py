@@ -22,12 +22,12 @@ FAILED_503 = Outcome(delivered=False, retryable=True, status_code=503, error="th
 LEASE_SECONDS = 30
 
 
-def queue_messages(api, count: int, events=("SEND_MESSAGE",)) -> list[str]:
-    """Create shop1 with a receiver for `events`, send `count` messages and return their key ids."""
-    api.create_instance("shop1", webhook={"url": RECEIVER, "events": list(events)})
+def queue_messages(api, count: int, events=("SEND_MESSAGE",), name: str = "shop1") -> list[str]:
+    """Create an instance with a receiver for `events`, send `count` messages and return their key ids."""
+    api.create_instance(name, webhook={"url": RECEIVER, "events": list(events)})
     key_ids = []
     for number in range(count):
-        response = api.request("POST", "/message/sendText/shop1", GLOBAL_KEY,
+        response = api.request("POST", f"/message/sendText/{name}", GLOBAL_KEY,
                                json={"number": "5511999990001", "text": f"message {number}"})
         assert response.status_code == 201, response.get_json()
         key_ids.append(response.get_json()["key"]["id"])
@@ -205,3 +205,29 @@ def test_claim_skips_queue_waiting_for_retry(app, api):
     assert waiting == []
     assert [claim.pk for claim in retry.claims] == [claim.pk for claim in batch.claims]
     assert [claim.attempt for claim in retry.claims] == [2, 1]
+
+
+def test_turn_records_and_claims_several_queues_in_one_transaction(app, api):
+    queue_messages(api, 4, name="shop1")
+    queue_messages(api, 4, name="shop2")
+    commits = []
+
+    def count(connection):
+        commits.append(connection)
+
+    with app.app_context():
+        first = claim(2)
+        sqlalchemy_event.listen(db.engine, "commit", count)
+        try:
+            second = finish([(batch, [DELIVERED_200] * 2) for batch in first], next_batch_size=2)
+        finally:
+            sqlalchemy_event.remove(db.engine, "commit", count)
+        rows = event_rows()
+
+    assert len(first) == 2 and len(commits) == 1
+    assert {batch.queue for batch in second} == {batch.queue for batch in first}
+    # Both queues' first two events are delivered, and their last two are leased by the new claim.
+    assert sorted(row.status for row in rows) == [DELIVERED] * 4 + [PENDING_EVENT] * 4
+    leased = {claim.pk for batch in second for claim in batch.claims}
+    assert {row.pk for row in rows if row.status == PENDING_EVENT} == leased
+    assert {row.lease_token for row in rows if row.pk in leased} == {second[0].lease_token}
