@@ -2,8 +2,9 @@
 
 urllib3's own timeout applies to each socket operation, so a receiver that sends its answer
 one byte at a time could hold an attempt open for ever. Here every connection a client
-opens is registered, and a timer shuts those sockets down when an attempt's deadline passes.
-The blocked read then fails, and the attempt counts as timed out.
+opens is registered, and a watchdog thread, one per process, shuts those sockets down when
+an attempt's deadline passes. The blocked read then fails, and the attempt counts as timed
+out.
 
 A `Client` keeps its connections open between attempts, so the deliveries of one batch
 share a connection to their receiver instead of opening one each. It uses urllib3 directly:
@@ -13,8 +14,11 @@ NOTE: a name lookup cannot be interrupted, so a resolver that hangs can still st
 attempt past its deadline; the lease margin of the delivery worker absorbs a few seconds.
 """
 
+import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
@@ -38,7 +42,7 @@ def _register(sock) -> None:
         return
     sockets.append(sock)
     if _attempt.expired.is_set():
-        # Connecting took the whole deadline (a slow handshake), so the timer found no socket.
+        # Connecting took the whole deadline (a slow handshake), so the watchdog found no socket.
         _shut_down(sock)
 
 
@@ -47,6 +51,57 @@ def _shut_down(sock) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass  # already closed
+
+
+class _Watchdog:
+    """A thread that calls each watched attempt's expiry function once its deadline passes.
+
+    One thread serves every attempt of the process, where a timer thread per attempt cost
+    more CPU than the attempt's own request. The expiry functions run with the watchdog's
+    lock held, so once `unwatch` returns, the attempt's function has run or never will.
+    """
+
+    def __init__(self):
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.condition = threading.Condition()
+        self.deadlines: dict[object, tuple[float, Callable[[], None]]] = {}
+        # When the thread wakes next, on the time.monotonic() clock; None while it waits for work.
+        self.wakes_at: float | None = None
+        self.thread: threading.Thread | None = None
+
+    def watch(self, seconds: float, on_expiry: Callable[[], None]) -> object:
+        """Call `on_expiry` in `seconds` unless `unwatch` is called first; return the handle for it."""
+        handle = object()
+        deadline = time.monotonic() + seconds
+        with self.condition:
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.run, name="evogate-webhook-deadlines", daemon=True)
+                self.thread.start()
+            self.deadlines[handle] = (deadline, on_expiry)
+            if self.wakes_at is None or deadline < self.wakes_at:
+                self.condition.notify()
+        return handle
+
+    def unwatch(self, handle: object) -> None:
+        with self.condition:
+            self.deadlines.pop(handle, None)
+
+    def run(self) -> None:
+        with self.condition:
+            while True:
+                now = time.monotonic()
+                for handle, (deadline, on_expiry) in list(self.deadlines.items()):
+                    if deadline <= now:
+                        del self.deadlines[handle]
+                        on_expiry()
+                self.wakes_at = min((deadline for deadline, _ in self.deadlines.values()), default=None)
+                self.condition.wait(None if self.wakes_at is None else self.wakes_at - now)
+
+
+_watchdog = _Watchdog()
 
 
 class _WatchedHTTPConnection(HTTPConnection):
@@ -123,10 +178,8 @@ class Client:
             for sock in list(self.sockets):
                 _shut_down(sock)
 
-        timer = threading.Timer(deadline_seconds, shut_down_sockets)
-        timer.daemon = True
+        watched = _watchdog.watch(deadline_seconds, shut_down_sockets)
         try:
-            timer.start()
             # preload_content reads the whole body inside the deadline.
             response = self.pool_manager.request(
                 "POST", url, body=body, headers=headers, redirect=False, retries=False,
@@ -137,7 +190,7 @@ class Client:
                 raise DeadlineExceeded(f"no complete response within {deadline_seconds} s") from error
             raise
         finally:
-            timer.cancel()
+            _watchdog.unwatch(watched)
             _attempt.sockets = None
         # A shut-down socket can also read as a clean, early end of the response.
         if expired.is_set():

@@ -3,6 +3,7 @@
 import ssl
 import subprocess
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -20,13 +21,16 @@ class KeepAliveServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, drop_request: int | None = None, ssl_context: ssl.SSLContext | None = None):
+    def __init__(self, drop_request: int | None = None, ssl_context: ssl.SSLContext | None = None,
+                 trickle: bool = False):
         super().__init__(("127.0.0.1", 0), self.handler_class())
         self.scheme = "http"
         if ssl_context is not None:
             self.socket = ssl_context.wrap_socket(self.socket, server_side=True)
             self.scheme = "https"
         self.drop_request = drop_request
+        # With `trickle`, every response is 50 bytes sent one every 0.2 seconds.
+        self.trickle = trickle
         self.connections = 0
         self.requests = 0
         self.lock = threading.Lock()
@@ -56,8 +60,15 @@ class KeepAliveServer(ThreadingHTTPServer):
                     self.close_connection = True
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", "50" if server.trickle else "0")
                 self.end_headers()
+                for _ in range(50 if server.trickle else 0):
+                    time.sleep(0.2)
+                    try:
+                        self.wfile.write(b".")
+                        self.wfile.flush()
+                    except OSError:
+                        return
 
             def log_message(self, format, *args):
                 pass
@@ -138,3 +149,18 @@ def test_client_verifies_receiver_against_ca_bundle(tls_server):
     assert status == 200
     # The unverified attempt never got as far as a request.
     assert server.requests == 1
+
+
+def test_deadline_bounds_each_whole_attempt(start_server):
+    server = start_server(trickle=True)
+
+    with webhook_http.Client() as client:
+        durations = []
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(webhook_http.DeadlineExceeded):
+                client.post(server.url, 1, b"{}")
+            durations.append(time.monotonic() - started)
+
+    # Each response takes 10 seconds to arrive; each attempt ends at its own 1-second deadline.
+    assert all(0.9 < duration < 3 for duration in durations), durations
