@@ -76,7 +76,7 @@ def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client) ->
         "X-Webhook-Signature": sign(claim.secret, timestamp, claim.body),
     }
     if parts.username:
-        # Credentials in the URL become basic authentication, as browsers and requests do.
+        # Credentials in the URL become basic authentication and are left out of the URL posted to.
         credentials = unquote(parts.username) + ":" + unquote(parts.password or "")
         headers.update(make_headers(basic_auth=credentials))
 

@@ -2,7 +2,7 @@
 
 The loop claims batches of due events, one batch per queue, and hands each to a sender
 thread. The thread posts the batch's events in order over a kept-open connection and hands
-the outcomes back; each thread keeps its client, and so its connections, between batches. The loop then records the outcomes of every batch finished since
+the outcomes back. Each thread keeps its client, and so its connections, between batches. The loop then records the outcomes of every batch finished since
 its last turn and claims the next batches in one transaction. Turns are at least
 `TURN_SECONDS` apart, so under load one transaction serves many queues, while a receiver
 that hangs holds up only its own queue.
@@ -38,9 +38,9 @@ BATCH_WINDOW_SECONDS = 1.0
 # A lease outlives the batch window plus the request timeout by this much before another
 # process may claim the events again.
 LEASE_MARGIN_SECONDS = 5
-# Shortest time between two turns of the loop. A busy loop would record one or two events
-# per transaction; waiting lets the batches that finish meanwhile share the turn, for at
-# most this much more delivery latency.
+# Shortest time between two turns of the loop. The batches that finish meanwhile share the
+# next turn's transaction, where a loop that turned at once recorded one or two events per
+# transaction. A delivery waits at most this much longer.
 TURN_SECONDS = 0.05
 # Pause after a failed transaction of the loop, so an unreachable database is not hammered.
 FAILURE_PAUSE_SECONDS = 1

@@ -35,7 +35,7 @@ def new_message_id() -> str:
 
 
 def send_text(instance: Instance, data: dict) -> dict:
-    """Store a text message as PENDING and return its columns; it is committed before the caller answers.
+    """Store a text message as PENDING and return its columns; it is committed before the caller responds.
 
     The message is written with a Core insert, without the ORM's unit of work, which cost
     more CPU than the rest of the request. The returned dict has what `message_schema` dumps.
