@@ -23,6 +23,7 @@ from models import (
     db,
     is_valid_instance_name,
     is_valid_public_id,
+    listing_values,
 )
 from webhooks import apply_webhook
 
@@ -118,9 +119,10 @@ LISTING_BATCH_SIZE = 250
 def find_instances(principal: Principal, name: str, public_id: str, expose: bool) -> Iterable:
     """Return the instances `fetchInstances` shows to this principal, in creation order.
 
-    An instance token gets its own Instance. The global key gets rows of
-    INSTANCE_LISTING_COLUMNS; an unfiltered listing reads them as it is iterated (see
-    `read_in_batches`), so a listing of thousands of instances is never in memory at once.
+    Every row starts with the values of INSTANCE_LISTING_COLUMNS. An instance token gets its
+    own instance's values. An unfiltered listing with the global key reads its rows as it is
+    iterated (see `read_in_batches`), so a listing of thousands of instances is never in
+    memory at once.
 
     Raises PermissionError when an instance token filters for another instance, and
     LookupError (with the filter value) when a global-key filter matches nothing.
@@ -129,7 +131,7 @@ def find_instances(principal: Principal, name: str, public_id: str, expose: bool
         own = principal.instance
         if (name and name != own.name) or (public_id and public_id != own.public_id):
             raise PermissionError(name or public_id)
-        return [own]
+        return [listing_values(own)]
     if not (name or public_id) and not expose:
         return []
     if (name and not is_valid_instance_name(name)) or (public_id and not is_valid_public_id(public_id)):

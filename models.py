@@ -3,6 +3,7 @@
 `db` is created unbound here and bound to the app in `create_app`, so nothing imports the app.
 """
 
+import operator
 import re
 import uuid
 from datetime import datetime, timezone
@@ -158,6 +159,8 @@ INSTANCE_LISTING_COLUMNS = (
     Instance.groups_ignore, Instance.always_online, Instance.read_messages, Instance.read_status,
     Instance.sync_full_history, Instance.created_at, Instance.updated_at,
 )
+# An instance's (an object's or a row's) values of INSTANCE_LISTING_COLUMNS, as one tuple.
+listing_values = operator.attrgetter(*(column.key for column in INSTANCE_LISTING_COLUMNS))
 
 
 class Message(db.Model):
