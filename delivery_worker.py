@@ -2,10 +2,10 @@
 
 The loop claims batches of due events, one batch per queue, and hands each to a sender
 thread. The thread posts the batch's events in order over a kept-open connection and hands
-the outcomes back. Each thread keeps its client, and so its connections, between batches. The loop then records the outcomes of every batch finished since
-its last turn and claims the next batches in one transaction. Turns are at least
-`TURN_SECONDS` apart, so under load one transaction serves many queues, while a receiver
-that hangs holds up only its own queue.
+the outcomes back. Each thread keeps its client, and so its connections, between batches.
+The loop then records the outcomes of every batch finished since its last turn and claims
+the next batches in one transaction. Turns are at least `TURN_SECONDS` apart, so under load
+one transaction serves many queues, while a receiver that hangs holds up only its own queue.
 
 gunicorn starts the loop in each worker as it boots (`post_worker_init`); elsewhere, such as
 the development server, the first request starts it. Forked processes start their own.
