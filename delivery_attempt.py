@@ -13,6 +13,7 @@ from email.utils import parsedate_to_datetime
 from urllib.parse import unquote, urlsplit
 
 import urllib3.exceptions
+from urllib3 import HTTPHeaderDict
 from urllib3.util import make_headers
 
 import webhook_http
@@ -67,14 +68,15 @@ def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client) ->
 
     parts = urlsplit(claim.url)
     timestamp = str(int(time.time()))
-    headers = {
-        **claim.headers,
+    # Header names match whatever their case, so a fixed header replaces a configured one.
+    headers = HTTPHeaderDict(claim.headers)
+    headers.update({
         "Content-Type": "application/json",
         "User-Agent": f"evogate/{VERSION}",
         "X-Webhook-Id": claim.public_id,
         "X-Webhook-Timestamp": timestamp,
         "X-Webhook-Signature": sign(claim.secret, timestamp, claim.body),
-    }
+    })
     if parts.username:
         # Credentials in the URL become basic authentication and are left out of the URL posted to.
         credentials = unquote(parts.username) + ":" + unquote(parts.password or "")
@@ -83,6 +85,10 @@ def attempt_delivery(claim: Claim, config: dict, client: webhook_http.Client) ->
     try:
         response = client.post(without_credentials(claim.url), config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000,
                                claim.body, headers)
+    except urllib3.exceptions.NewConnectionError as error:
+        # urllib3 makes this a kind of connect timeout, but a refused connection or a failed
+        # name lookup is no timeout. The class name only: messages can carry the URL.
+        return Outcome(delivered=False, retryable=True, error=f"connection failed ({type(error).__name__})")
     except (urllib3.exceptions.TimeoutError, TimeoutError):
         return Outcome(delivered=False, retryable=True, error="the receiver timed out")
     except (urllib3.exceptions.HTTPError, OSError) as error:

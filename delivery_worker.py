@@ -67,32 +67,42 @@ class DeliveryWorker:
         while True:
             time.sleep(max(0.0, next_turn - time.monotonic()))
             next_turn = time.monotonic() + TURN_SECONDS
-            with self.changed:
-                finished, self.finished = self.finished, []
-                free = SENDER_THREADS - self.in_flight
-            batches = self.record_and_claim(finished, free)
-            with self.changed:
-                self.in_flight += len(batches)
-            for batch in batches:
-                self.pool.submit(self.process, batch)
+            self.take_turn()
             with self.changed:
                 # A finished batch wakes the loop for its next turn; new events wait for the poll interval.
                 if not self.finished:
                     self.changed.wait(poll_interval)
 
+    def take_turn(self) -> None:
+        """Record the batches finished since the last turn and hand newly claimed ones to sender threads."""
+        with self.changed:
+            finished, self.finished = self.finished, []
+            free = SENDER_THREADS - self.in_flight
+        batches = self.record_and_claim(finished, free)
+        with self.changed:
+            self.in_flight += len(batches)
+        for batch in batches:
+            self.pool.submit(self.process, batch)
+
     def record_and_claim(self, finished: list[tuple[Batch, list[Outcome]]], free: int) -> list[Batch]:
         with self.app.app_context():
             try:
                 return record_and_claim(finished, free, BATCH_SIZE, self.lease_seconds)
-            except Exception:  # noqa: BLE001 - the leases expire and the deliveries are made again
+            except Exception:  # noqa: BLE001 - the loop goes on, and unrecorded deliveries are retried
+                db.session.rollback()
                 if finished:
                     logger.exception(
-                        "Recording deliveries %s failed; they will be retried when their lease ends",
+                        "Recording deliveries %s failed; the next turn records them unless their lease ends first, "
+                        "and then they are sent again",
                         ", ".join(claim.public_id for batch, outcomes in finished
                                   for claim in batch.claims[:len(outcomes)]))
+                    # While a batch's lease lasts, no other claim can take its events.
+                    now = time.monotonic()
+                    with self.changed:
+                        self.finished[:0] = [(batch, outcomes) for batch, outcomes in finished
+                                             if now < batch.claimed_at + self.lease_seconds]
                 else:
                     logger.warning("Claiming due webhook deliveries failed; trying again", exc_info=True)
-                db.session.rollback()
                 time.sleep(FAILURE_PAUSE_SECONDS)
                 return []
 

@@ -161,13 +161,17 @@ class Client:
         """
         self.sockets = [sock for sock in self.sockets if sock.fileno() != -1]
         open_before = len(self.sockets)
+        started = time.monotonic()
         try:
             return self._post_once(url, deadline_seconds, body, headers)
-        except ProtocolError:
+        except ProtocolError as error:
             # The request went over a kept-open connection when no new socket was opened.
             if open_before == 0 or len(self.sockets) != open_before:
                 raise
-            return self._post_once(url, deadline_seconds, body, headers)
+            left = deadline_seconds - (time.monotonic() - started)
+            if left <= 0:
+                raise DeadlineExceeded(f"no complete response within {deadline_seconds} s") from error
+            return self._post_once(url, left, body, headers)
 
     def _post_once(self, url: str, deadline_seconds: float, body: bytes, headers: dict | None) -> BaseHTTPResponse:
         expired = _attempt.expired = threading.Event()

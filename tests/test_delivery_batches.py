@@ -9,8 +9,11 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 
 import delivery
+import delivery_record
+import delivery_worker
 from delivery_attempt import Outcome
 from delivery_record import UNFINISHED_ERROR
 from models import DELIVERED, FAILED, PENDING_EVENT, DeliveryAttempt, Event, Message, db, utc_now
@@ -233,3 +236,33 @@ def test_turn_spans_several_queues(app, api):
     leased = {claim.pk for batch in second for claim in batch.claims}
     assert {row.pk for row in rows if row.status == PENDING_EVENT} == leased
     assert {row.lease_token for row in rows if row.pk in leased} == {second[0].lease_token}
+
+
+def test_failed_turn_keeps_outcomes(app, api, monkeypatch):
+    queue_messages(api, 2, name="shop1")
+    queue_messages(api, 2, name="shop2")
+    monkeypatch.setattr(delivery_worker, "FAILURE_PAUSE_SECONDS", 0)
+    worker = delivery_worker.DeliveryWorker(app)
+    with app.app_context():
+        worker.finished = [(batch, [DELIVERED_200] * 2) for batch in claim(2)]
+    settle = delivery_record.settle_messages
+    failures = []
+
+    def settle_failing_once(*args):
+        if not failures:
+            failures.append(args)
+            raise OperationalError("UPDATE messages", {}, Exception("database is locked"))
+        return settle(*args)
+
+    monkeypatch.setattr(delivery_record, "settle_messages", settle_failing_once)
+    worker.take_turn()
+    outcomes_after_failure = len(worker.finished)
+    worker.take_turn()
+    with app.app_context():
+        statuses = [row.status for row in event_rows()]
+
+    assert failures
+    # The failed turn kept both queues' outcomes, and the next turn recorded them.
+    assert outcomes_after_failure == 2
+    assert worker.finished == []
+    assert statuses == [DELIVERED] * 4

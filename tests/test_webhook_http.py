@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import webhook_http
+from delivery_attempt import Claim, attempt_delivery
 
 
 class KeepAliveServer(ThreadingHTTPServer):
@@ -33,6 +34,8 @@ class KeepAliveServer(ThreadingHTTPServer):
         self.trickle = trickle
         self.connections = 0
         self.requests = 0
+        # The (name, value) header pairs of each request, in arrival order.
+        self.headers: list[list[tuple[str, str]]] = []
         self.lock = threading.Lock()
         threading.Thread(target=self.serve_forever, daemon=True).start()
 
@@ -55,6 +58,7 @@ class KeepAliveServer(ThreadingHTTPServer):
                 self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with server.lock:
                     server.requests += 1
+                    server.headers.append(list(self.headers.items()))
                     drop = server.requests == server.drop_request
                 if drop:
                     self.close_connection = True
@@ -164,3 +168,44 @@ def test_deadline_bounds_each_whole_attempt(start_server):
 
     # Each response takes 10 seconds to arrive; each attempt ends at its own 1-second deadline.
     assert all(0.9 < duration < 3 for duration in durations), durations
+
+
+def claim_for(url: str, headers: dict) -> Claim:
+    return Claim(pk=1, public_id="event-1", queue="instance:test", name="SEND_MESSAGE", instance_name="shop1",
+                 url=url, headers=headers, secret="whsec_test", body=b"{}", message_pk=None, attempt=1,
+                 lease_token="lease-1")
+
+
+CONFIG = {"WEBHOOK_BLOCK_PRIVATE_NETWORKS": False, "WEBHOOK_REQUEST_TIMEOUT_MS": 5000}
+
+
+def test_fixed_headers_replace_configured_ones(start_server):
+    server = start_server()
+    url = server.url.replace("http://", "http://hook-user:secret@")
+
+    with webhook_http.Client() as client:
+        outcome = attempt_delivery(claim_for(url, {"authorization": "Bearer x", "user-agent": "mine", "X-Shop": "1"}),
+                                   CONFIG, client)
+
+    names = [name.lower() for name, _ in server.headers[0]]
+    received = {name.lower(): value for name, value in server.headers[0]}
+    assert outcome.delivered
+    # Whatever their case, a configured header and a fixed one of the same name go out once.
+    assert names.count("authorization") == 1
+    assert names.count("user-agent") == 1
+    assert received["authorization"].startswith("Basic ")
+    assert received["user-agent"].startswith("evogate/")
+    assert received["x-shop"] == "1"
+
+
+def test_refused_connection_is_no_timeout(start_server):
+    server = start_server()
+    url = server.url
+    server.shutdown()
+    server.server_close()
+
+    with webhook_http.Client() as client:
+        outcome = attempt_delivery(claim_for(url, {}), CONFIG, client)
+
+    assert outcome.retryable
+    assert outcome.error == "connection failed (NewConnectionError)"
