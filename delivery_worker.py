@@ -18,6 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask
+from sqlalchemy.exc import OperationalError
 
 import webhook_http
 from delivery import Batch, record_and_claim
@@ -88,21 +89,26 @@ class DeliveryWorker:
         with self.app.app_context():
             try:
                 return record_and_claim(finished, free, BATCH_SIZE, self.lease_seconds)
-            except Exception:  # noqa: BLE001 - the loop goes on, and unrecorded deliveries are retried
+            except Exception as error:  # noqa: BLE001 - the loop goes on, and unrecorded deliveries are retried
                 db.session.rollback()
+                # A database that failed or went away needs one line; anything else, its traceback.
+                failure = database_failure(error)
+                reason = failure or "see the traceback"
                 if finished:
-                    logger.exception(
-                        "Recording deliveries %s failed; the next turn records them unless their lease ends first, "
-                        "and then they are sent again",
+                    logger.warning(
+                        "Recording deliveries %s failed (%s); the next turn records them unless their lease ends "
+                        "first, and then they are sent again",
                         ", ".join(claim.public_id for batch, outcomes in finished
-                                  for claim in batch.claims[:len(outcomes)]))
+                                  for claim in batch.claims[:len(outcomes)]),
+                        reason, exc_info=failure is None)
                     # While a batch's lease lasts, no other claim can take its events.
                     now = time.monotonic()
                     with self.changed:
                         self.finished[:0] = [(batch, outcomes) for batch, outcomes in finished
                                              if now < batch.claimed_at + self.lease_seconds]
                 else:
-                    logger.warning("Claiming due webhook deliveries failed; trying again", exc_info=True)
+                    logger.warning("Claiming due webhook deliveries failed (%s); trying again", reason,
+                                   exc_info=failure is None)
                 time.sleep(FAILURE_PAUSE_SECONDS)
                 return []
 
@@ -137,6 +143,18 @@ class DeliveryWorker:
             if will_retry(claim, outcome, config):
                 break
         return outcomes
+
+
+def database_failure(error: Exception) -> str | None:
+    """Return one line naming the database error behind `error`, or None when it is another error.
+
+    The line holds the driver's error class and the first line of its message, never the
+    statement or its parameters.
+    """
+    if not isinstance(error, OperationalError) or error.orig is None:
+        return None
+    lines = str(error.orig).strip().splitlines()
+    return f"{type(error.orig).__name__}: {lines[0] if lines else 'no message'}"
 
 
 _started_in_pid: int | None = None

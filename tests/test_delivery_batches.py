@@ -238,7 +238,7 @@ def test_turn_spans_several_queues(app, api):
     assert {row.lease_token for row in rows if row.pk in leased} == {second[0].lease_token}
 
 
-def test_failed_turn_keeps_outcomes(app, api, monkeypatch):
+def test_failed_turn_keeps_outcomes(app, api, monkeypatch, caplog):
     queue_messages(api, 2, name="shop1")
     queue_messages(api, 2, name="shop2")
     monkeypatch.setattr(delivery_worker, "FAILURE_PAUSE_SECONDS", 0)
@@ -266,3 +266,7 @@ def test_failed_turn_keeps_outcomes(app, api, monkeypatch):
     assert outcomes_after_failure == 2
     assert worker.finished == []
     assert statuses == [DELIVERED] * 4
+    [warning] = [record for record in caplog.records if record.name == "delivery_worker"]
+    # A database error is one line, without a traceback.
+    assert "(Exception: database is locked)" in warning.getMessage()
+    assert not warning.exc_info
