@@ -5,8 +5,9 @@ leases the queue's oldest pending events, up to a batch size, and only when the 
 is due and not leased, so a slow receiver holds up nothing but its own queue. A lease
 expires: when a process dies mid-batch, another process claims the unrecorded events again
 and sends them with the same `X-Webhook-Id`. Recording the outcomes of every batch that
-finished since the last claim and claiming the next batches share one transaction. The HTTP attempt is in `delivery_attempt.py`,
-the outcome rows in `delivery_record.py`, and the threads in `delivery_worker.py`.
+finished since the last claim and claiming the next batches share one transaction. The
+HTTP attempt is in `delivery_attempt.py`, the outcome rows in `delivery_record.py`, and the
+threads in `delivery_worker.py`.
 """
 
 import logging
