@@ -55,7 +55,7 @@ class DeliveryWorker:
         self.pool = ThreadPoolExecutor(SENDER_THREADS, thread_name_prefix="evogate-delivery")
         self.lease_seconds = (app.config["WEBHOOK_REQUEST_TIMEOUT_MS"] / 1000 + BATCH_WINDOW_SECONDS
                               + LEASE_MARGIN_SECONDS)
-        # Guards `in_flight` and `finished`; notified when a sender thread finishes a batch.
+        # Guards `in_flight` and `finished`, and is notified when a sender thread finishes a batch.
         self.changed = threading.Condition()
         self.in_flight = 0
         self.finished: list[tuple[Batch, list[Outcome]]] = []
@@ -70,7 +70,7 @@ class DeliveryWorker:
             next_turn = time.monotonic() + TURN_SECONDS
             self.take_turn()
             with self.changed:
-                # A finished batch wakes the loop for its next turn; new events wait for the poll interval.
+                # A finished batch wakes the loop for its next turn. New events wait for the poll interval.
                 if not self.finished:
                     self.changed.wait(poll_interval)
 
@@ -91,26 +91,21 @@ class DeliveryWorker:
                 return record_and_claim(finished, free, BATCH_SIZE, self.lease_seconds)
             except Exception as error:  # noqa: BLE001 - the loop goes on, and unrecorded deliveries are retried
                 db.session.rollback()
-                # A database that failed or went away needs one line; anything else, its traceback.
-                failure = database_failure(error)
-                reason = failure or "see the traceback"
-                if finished:
-                    logger.warning(
-                        "Recording deliveries %s failed (%s); the next turn records them unless their lease ends "
-                        "first, and then they are sent again",
-                        ", ".join(claim.public_id for batch, outcomes in finished
-                                  for claim in batch.claims[:len(outcomes)]),
-                        reason, exc_info=failure is None)
-                    # While a batch's lease lasts, no other claim can take its events.
-                    now = time.monotonic()
-                    with self.changed:
-                        self.finished[:0] = [(batch, outcomes) for batch, outcomes in finished
-                                             if now < batch.claimed_at + self.lease_seconds]
-                else:
-                    logger.warning("Claiming due webhook deliveries failed (%s); trying again", reason,
-                                   exc_info=failure is None)
+                log_turn_failure(error, finished)
+                self.keep_for_next_turn(finished)
                 time.sleep(FAILURE_PAUSE_SECONDS)
                 return []
+
+    def keep_for_next_turn(self, finished: list[tuple[Batch, list[Outcome]]]) -> None:
+        """Put back the finished batches whose lease lasts, so the next turn records them.
+
+        While a batch's lease lasts, no other claim can take its events. A batch whose lease
+        has ended is dropped, and its events are sent again.
+        """
+        now = time.monotonic()
+        with self.changed:
+            self.finished[:0] = [(batch, outcomes) for batch, outcomes in finished
+                                 if now < batch.claimed_at + self.lease_seconds]
 
     def process(self, batch: Batch) -> None:
         """Deliver the batch and hand its outcomes to the loop."""
@@ -145,10 +140,24 @@ class DeliveryWorker:
         return outcomes
 
 
+def log_turn_failure(error: Exception, finished: list[tuple[Batch, list[Outcome]]]) -> None:
+    """Log a failed turn: one line for a database error, with its traceback for any other error."""
+    failure = database_failure(error)
+    reason = failure or "see the traceback"
+    if finished:
+        logger.warning(
+            "Recording deliveries %s failed (%s); the next turn records them unless their lease ends first, "
+            "and then they are sent again",
+            ", ".join(claim.public_id for batch, outcomes in finished for claim in batch.claims[:len(outcomes)]),
+            reason, exc_info=failure is None)
+    else:
+        logger.warning("Claiming due webhook deliveries failed (%s); trying again", reason, exc_info=failure is None)
+
+
 def database_failure(error: Exception) -> str | None:
     """Return one line naming the database error behind `error`, or None when it is another error.
 
-    The line holds the driver's error class and the first line of its message, never the
+    The line gives the driver's error class and the first line of its message, never the
     statement or its parameters.
     """
     if not isinstance(error, OperationalError) or error.orig is None:
