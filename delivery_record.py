@@ -2,8 +2,8 @@
 
 Every function here writes in the caller's transaction, a batch of events at a time, with
 one statement per kind of change rather than one per event. The statements are Core
-statements built once: the rows they change are never read back as objects, and the ORM's
-bulk machinery cost more CPU than the database did.
+statements built once, because the rows they change are never read back as objects. In a
+profile, the ORM's bulk update of the events alone took about a tenth of the delivery CPU.
 """
 
 import logging
@@ -29,7 +29,7 @@ _events = Event.__table__
 _messages = Message.__table__
 _LEASE_TOKENS = select(_events.c.pk, _events.c.lease_token).where(_events.c.pk.in_(bindparam("pks", expanding=True)))
 _INSERT_ATTEMPTS = insert(DeliveryAttempt.__table__)
-# An attempt's outcome; `next_attempt_at` changes only when a retry is due.
+# An attempt's outcome. `next_attempt_at` changes only when a retry is due.
 _RECORD_OUTCOME = (
     update(_events).where(_events.c.pk == bindparam("event_pk"))
     .values(status=bindparam("new_status"), finished_at=bindparam("new_finished_at"),
@@ -42,7 +42,7 @@ _RELEASE = (
     update(_events).where(_events.c.pk == bindparam("event_pk"))
     .values(attempts=bindparam("new_attempts"), lease_until=None, lease_token=None)
 )
-# Pending messages take their final status; the row's columns come back for MESSAGES_UPDATE.
+# Pending messages take their final status, and their columns come back for MESSAGES_UPDATE.
 _SETTLE = (
     update(_messages)
     .where(_messages.c.pk.in_(bindparam("pks", expanding=True)), _messages.c.status == PENDING)

@@ -5,8 +5,9 @@ Run `make bench`, or `python bench/run.py` in the project's virtual environment 
 database the script creates two fresh databases, one for most rows and one that contains the
 large instance count from the start. It starts `gunicorn -c gunicorn.conf.py bench.ceiling:app`
 on 127.0.0.1 with the shipped settings on each, seeds instances straight through the app's
-models, loads the servers with wrk in a separate process and drops the databases at the end. wrk must be on PATH; PostgreSQL is reached through
-EVOGATE_TEST_POSTGRES_URL (default: user postgres on 127.0.0.1:5432), the same server the tests use.
+models, loads the servers with wrk in a separate process and drops the databases at the end.
+wrk must be on PATH. PostgreSQL is reached through EVOGATE_TEST_POSTGRES_URL (default: user
+postgres on 127.0.0.1:5432), the same server the tests use.
 """
 
 import argparse

@@ -130,7 +130,10 @@ def test_client_new_connection_failure_raised(start_server):
 
 @pytest.fixture
 def tls_server(tmp_path, start_server):
-    """A receiver on HTTPS with a self-signed certificate for 127.0.0.1; returns it and the certificate's path."""
+    """Start an HTTPS receiver with a self-signed certificate for 127.0.0.1.
+
+    Returns the receiver and the certificate's path.
+    """
     certificate, key = tmp_path / "receiver.pem", tmp_path / "receiver.key"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
@@ -166,7 +169,7 @@ def test_deadline_bounds_each_whole_attempt(start_server):
                 client.post(server.url, 1, b"{}")
             durations.append(time.monotonic() - started)
 
-    # Each response takes 10 seconds to arrive; each attempt ends at its own 1-second deadline.
+    # Each response takes 10 seconds to arrive, but each attempt ends at its own 1-second deadline.
     assert all(0.9 < duration < 3 for duration in durations), durations
 
 
@@ -184,8 +187,8 @@ def test_fixed_headers_replace_configured_ones(start_server):
     url = server.url.replace("http://", "http://hook-user:secret@")
 
     with webhook_http.Client() as client:
-        outcome = attempt_delivery(claim_for(url, {"authorization": "Bearer x", "user-agent": "mine", "X-Shop": "1"}),
-                                   CONFIG, client)
+        configured = {"authorization": "Bearer x", "user-agent": "mine", "X-Shop": "1"}
+        outcome = attempt_delivery(claim_for(url, configured), CONFIG, client)
 
     names = [name.lower() for name, _ in server.headers[0]]
     received = {name.lower(): value for name, value in server.headers[0]}
