@@ -7,8 +7,9 @@ The loop then records the outcomes of every batch finished since its last turn a
 the next batches in one transaction. Turns are at least `TURN_SECONDS` apart, so under load
 one transaction serves many queues, while a receiver that hangs holds up only its own queue.
 
-gunicorn starts the loop in each worker as it boots (`post_worker_init`); elsewhere, such as
-the development server, the first request starts it. Forked processes start their own.
+Under gunicorn, the loop runs in a delivery process of its own (`delivery_process.py`), and the
+workers only serve requests. Elsewhere, such as the development server, the first request
+starts it in the serving process.
 """
 
 import logging
@@ -45,6 +46,9 @@ LEASE_MARGIN_SECONDS = 5
 TURN_SECONDS = 0.05
 # Pause after a failed transaction of the loop, so an unreachable database is not hammered.
 FAILURE_PAUSE_SECONDS = 1
+# After a stop is requested, how long the loop waits for the batches in flight, so their
+# outcomes are recorded and not sent again when their lease ends.
+STOP_GRACE_SECONDS = 5
 
 
 class DeliveryWorker:
@@ -61,18 +65,48 @@ class DeliveryWorker:
         self.finished: list[tuple[Batch, list[Outcome]]] = []
         # Each sender thread's client, kept with its open connections from batch to batch.
         self.clients = threading.local()
+        # Set by `request_stop`, which a signal handler may call, so it is a plain attribute.
+        self.stopping = False
 
-    def run(self) -> None:
+    def run(self, parent_pid: int | None = None) -> None:
+        """Deliver until a stop is requested, or until the parent process `parent_pid` exits, if given."""
         poll_interval = self.app.config["WEBHOOK_POLL_INTERVAL_SECONDS"]
         next_turn = time.monotonic()
-        while True:
+        while not self.stopping:
             time.sleep(max(0.0, next_turn - time.monotonic()))
             next_turn = time.monotonic() + TURN_SECONDS
+            if parent_pid is not None and os.getppid() != parent_pid:
+                logger.warning("The parent of webhook delivery process %d exited; stopping", os.getpid())
+                break
             self.take_turn()
             with self.changed:
                 # A finished batch wakes the loop for its next turn. New events wait for the poll interval.
-                if not self.finished:
+                if not self.finished and not self.stopping:
                     self.changed.wait(poll_interval)
+        self.finish()
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop claiming: it records the batches in flight and returns from `run`."""
+        self.stopping = True
+
+    def finish(self) -> None:
+        """Wait up to STOP_GRACE_SECONDS for the batches in flight, then record every finished batch.
+
+        A batch still in flight after that keeps its lease, and its unrecorded events are sent
+        again once the lease ends.
+        """
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        with self.changed:
+            while self.in_flight and time.monotonic() < deadline:
+                self.changed.wait(deadline - time.monotonic())
+            finished, self.finished = self.finished, []
+            unfinished = self.in_flight
+        if finished:
+            self.record_and_claim(finished, 0)
+        if unfinished:
+            logger.warning("Stopped with %d webhook batches in flight, whose events are sent again when their "
+                           "leases end", unfinished)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def take_turn(self) -> None:
         """Record the batches finished since the last turn and hand newly claimed ones to sender threads."""
@@ -127,7 +161,7 @@ class DeliveryWorker:
         send_until = batch.claimed_at + BATCH_WINDOW_SECONDS
         outcomes = []
         for claim in batch.claims:
-            if outcomes and time.monotonic() > send_until:
+            if outcomes and (self.stopping or time.monotonic() > send_until):
                 break
             try:
                 outcome = attempt_delivery(claim, config, client)
@@ -168,12 +202,21 @@ def database_failure(error: Exception) -> str | None:
 
 _started_in_pid: int | None = None
 _start_lock = threading.Lock()
+# Set in the gunicorn master before it forks the delivery process and the workers, which
+# then never start a delivery worker of their own.
+_delivered_elsewhere = False
+
+
+def deliver_elsewhere() -> None:
+    """Keep this process, and the processes it forks from now on, from starting a delivery worker."""
+    global _delivered_elsewhere
+    _delivered_elsewhere = True
 
 
 def ensure_started(app: Flask) -> None:
     """Start this process's delivery worker once; forked processes start their own."""
     global _started_in_pid
-    if _started_in_pid == os.getpid() or not app.config["WEBHOOK_DELIVERY_WORKER"]:
+    if _delivered_elsewhere or _started_in_pid == os.getpid() or not app.config["WEBHOOK_DELIVERY_WORKER"]:
         return
     with _start_lock:
         if _started_in_pid == os.getpid():
@@ -185,7 +228,7 @@ def ensure_started(app: Flask) -> None:
 
 
 def init_app(app: Flask) -> None:
-    """Start the worker on a process's first request, where no server hook started it."""
+    """Start the worker on a process's first request, unless a delivery process runs it."""
 
     @app.before_request
     def start_delivery_worker():

@@ -64,6 +64,8 @@ workers = settings["WEB_CONCURRENCY"]
 preload_app = True
 # Worker heartbeats in memory rather than on disk, where the system has /dev/shm.
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# Process titles read "gunicorn: master [evogate]" and "gunicorn: worker [evogate]" (setproctitle).
+proc_name = "evogate"
 # gunicorn's runtime control socket would be one more way in, and servers of one user would share it.
 control_socket_disable = True
 
@@ -79,15 +81,15 @@ if settings["SERVER_TYPE"] == "https":
     keyfile = settings["SSL_CONF_PRIVKEY"]
 
 
-def post_worker_init(worker):
-    """Start the webhook delivery worker in each gunicorn worker as soon as it has booted."""
-    import delivery_worker
-
-    delivery_worker.ensure_started(worker.wsgi)
-
-
 def on_starting(server):
     server.log.info("Workers share their Prometheus metrics in %s", metrics_directory.prepared_directory)
+
+
+def when_ready(server):
+    """Start the webhook delivery process before the master forks its workers (see delivery_process.py)."""
+    import delivery_process
+
+    delivery_process.start(server.app.wsgi(), [listener.fileno() for listener in server.LISTENERS])
 
 
 def child_exit(server, worker):
@@ -98,4 +100,7 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
+    import delivery_process
+
+    delivery_process.stop()
     metrics_directory.remove_created()

@@ -18,6 +18,7 @@ from sqlalchemy import delete
 from app import create_app
 from database import upgrade_schema
 from models import DeliveryAttempt, Event, Instance, Message, Webhook, db
+from tests.receiver import Receiver
 from tests.server import Gunicorn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,6 +163,21 @@ def server_factory(databases):
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def receivers():
+    """Start webhook receivers on 127.0.0.1 on demand; all are stopped after the test."""
+    started: list[Receiver] = []
+
+    def start() -> Receiver:
+        receiver = Receiver()
+        started.append(receiver)
+        return receiver
+
+    yield start
+    for receiver in started:
+        receiver.stop()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from config import ENVIRONMENT_VARIABLES
+from delivery_process import DELIVERY_TITLE, SUPERVISOR_TITLE
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_DIRECTORY = REPO / "test-logs"
@@ -85,6 +86,22 @@ class Gunicorn:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def worker_pids(self) -> list[int]:
+        """Return the process ids of the workers: the master's children except the delivery supervisor."""
+        return [pid for pid in child_pids(self.process.pid) if process_title(pid) != SUPERVISOR_TITLE]
+
+    def delivery_pids(self, timeout: float = 10) -> tuple[int, int]:
+        """Return the process ids of the delivery supervisor and of its delivery process, once both run."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for supervisor in child_pids(self.process.pid):
+                if process_title(supervisor) == SUPERVISOR_TITLE:
+                    deliverers = [pid for pid in child_pids(supervisor) if process_title(pid) == DELIVERY_TITLE]
+                    if deliverers:
+                        return supervisor, deliverers[0]
+            time.sleep(0.05)
+        raise AssertionError(f"no webhook delivery process ran within {timeout} s:\n{self.log()}")
+
     def request(self, method: str, path: str, key: str | None = None, body=None, headers=None,
                 timeout: float = 30) -> tuple[int, dict, object]:
         """Send one request; return the status, the headers and the decoded JSON body."""
@@ -103,6 +120,22 @@ class Gunicorn:
 
     def __exit__(self, *exc_info):
         self.stop()
+
+
+def child_pids(pid: int) -> list[int]:
+    """Return the process ids of the children of process `pid`, read from /proc (Linux)."""
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def process_title(pid: int) -> str:
+    """Return the command line of process `pid` as `ps` shows it, or "" once it has exited."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except FileNotFoundError:
+        return ""
 
 
 def http_request(base_url: str, method: str, path: str, key: str | None = None, body=None, headers=None,

@@ -59,16 +59,10 @@ def requests_per_worker(directory: Path) -> dict[int, float]:
     return counts
 
 
-def worker_pids(server: Gunicorn) -> list[int]:
-    master = server.process.pid
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return [int(pid) for pid in children]
-
-
 def wait_for_workers(server: Gunicorn, count: int, excluded: int, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = worker_pids(server)
+        pids = server.worker_pids()
         if len(pids) == count and excluded not in pids and server.request("GET", "/health/live")[0] == 200:
             return
         time.sleep(0.1)
@@ -104,7 +98,7 @@ def test_counts_survive_worker_exit(backend, server_factory, tmp_path):
     send_batch(server, BATCH)
     per_worker = requests_per_worker(tmp_path)
     victim = max(per_worker, key=per_worker.get)
-    assert victim in worker_pids(server)
+    assert victim in server.worker_pids()
 
     os.kill(victim, signal.SIGKILL)
     wait_for_workers(server, 2, excluded=victim)

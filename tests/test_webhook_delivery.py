@@ -19,7 +19,6 @@ from email.utils import formatdate
 import pytest
 
 from tests.conftest import GLOBAL_KEY
-from tests.receiver import Receiver
 
 # Short delays, so a retried delivery is seen within a second or two. A claimed delivery's
 # lease is the request timeout plus the 1-second batch window plus 5 seconds, so 8 seconds here.
@@ -35,21 +34,6 @@ ENVELOPE_FIELDS = {"event", "instance", "data", "destination", "date_time", "sen
 MESSAGE_FIELDS = {"key", "status", "message", "messageType", "messageTimestamp", "instanceId"}
 DATE_TIME_PATTERN = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 DOTTED_EVENT_PATTERN = re.compile(r"[a-z]+(\.[a-z]+)+")
-
-
-@pytest.fixture
-def receivers():
-    """Start receivers on demand; all are stopped after the test."""
-    started: list[Receiver] = []
-
-    def start() -> Receiver:
-        receiver = Receiver()
-        started.append(receiver)
-        return receiver
-
-    yield start
-    for receiver in started:
-        receiver.stop()
 
 
 # API helpers: each fails the test when the server does not respond as the contract requires.
