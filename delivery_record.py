@@ -8,11 +8,12 @@ profile, the ORM's bulk update of the events alone took about a tenth of the del
 
 import logging
 import random
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.orm import joinedload
 
 import metrics
@@ -27,21 +28,25 @@ logger = logging.getLogger(__name__)
 
 _events = Event.__table__
 _messages = Message.__table__
-_LEASE_TOKENS = select(_events.c.pk, _events.c.lease_token).where(_events.c.pk.in_(bindparam("pks", expanding=True)))
 _INSERT_ATTEMPTS = insert(DeliveryAttempt.__table__)
-# An attempt's outcome. `next_attempt_at` changes only when a retry is due.
+# Events that a claim still owns: their lease token is the claim's. For the others the lease
+# ran out and another claim owns them.
+_OWNED = and_(_events.c.pk.in_(bindparam("pks", expanding=True)),
+              _events.c.lease_token == bindparam("claim_lease_token"))
+# The same outcome of attempts at several events, written where the claim still owns them.
+# `next_attempt_at` changes only when a retry is due. Events that end alike share one
+# statement. With one per event, these updates took about 13% of the delivery process's CPU
+# in a profile on PostgreSQL.
 _RECORD_OUTCOME = (
-    update(_events).where(_events.c.pk == bindparam("event_pk"))
+    update(_events).where(_OWNED)
     .values(status=bindparam("new_status"), finished_at=bindparam("new_finished_at"),
             next_attempt_at=func.coalesce(bindparam("new_next_attempt_at", type_=_events.c.next_attempt_at.type),
                                           _events.c.next_attempt_at),
             last_error=bindparam("new_last_error"), lease_until=None, lease_token=None)
+    .returning(_events.c.pk)
 )
-# A claimed event that was not sent: the lease ends and the attempt it counted is taken back.
-_RELEASE = (
-    update(_events).where(_events.c.pk == bindparam("event_pk"))
-    .values(attempts=bindparam("new_attempts"), lease_until=None, lease_token=None)
-)
+# Claimed events that were not sent: the lease ends and the attempt each counted is taken back.
+_RELEASE = update(_events).where(_OWNED).values(attempts=_events.c.attempts - 1, lease_until=None, lease_token=None)
 # Pending messages take their final status, and their columns come back for MESSAGES_UPDATE.
 _SETTLE = (
     update(_messages)
@@ -99,54 +104,53 @@ def record_outcomes(batches: list[tuple[list[Claim], list[Outcome]]], now: datet
     """
     config = current_app.config
     recorded = Recorded()
-    every_claim = [claim for claims, _ in batches for claim in claims]
-    if not every_claim:
-        return recorded
-    query = _LEASE_TOKENS.with_for_update() if db.engine.dialect.name == "postgresql" else _LEASE_TOKENS
-    lease_tokens = dict(db.session.execute(query, {"pks": [claim.pk for claim in every_claim]}).all())
-
-    def owned(claim: Claim) -> bool:
-        return lease_tokens.get(claim.pk) == claim.lease_token
-
-    attempts = []
-    changes = []
-    released = []
-    settled = {SERVER_ACK: [], ERROR: []}
+    # The pks of the events whose outcome writes the same values, with the same lease token.
+    changes: dict[tuple, list[int]] = defaultdict(list)
+    released: dict[str, list[int]] = defaultdict(list)
+    outcomes_by_claim = []
     for claims, outcomes in batches:
         for claim, outcome in zip(claims, outcomes):
-            if not owned(claim):
-                recorded.lost.append(claim)
-                continue
-            change = {"event_pk": claim.pk, "new_status": PENDING_EVENT, "new_finished_at": None,
-                      "new_next_attempt_at": None, "new_last_error": outcome.error}
+            status, finished_at, next_attempt_at = PENDING_EVENT, None, None
             if outcome.delivered:
-                change.update(new_status=DELIVERED, new_finished_at=now)
-                settled[SERVER_ACK].append(claim.message_pk)
-                result = metrics.ATTEMPT_DELIVERED
+                status, finished_at = DELIVERED, now
             elif will_retry(claim, outcome, config):
-                change.update(new_next_attempt_at=now + timedelta(
-                    seconds=retry_delay(claim.attempt, outcome.retry_after, config)))
-                result = metrics.ATTEMPT_WILL_RETRY
+                next_attempt_at = now + timedelta(seconds=retry_delay(claim.attempt, outcome.retry_after, config))
             else:
-                change.update(new_status=FAILED, new_finished_at=now)
-                settled[ERROR].append(claim.message_pk)
-                result = metrics.ATTEMPT_GAVE_UP
-            changes.append(change)
-            attempts.append({"event_pk": claim.pk, "number": claim.attempt, "attempted_at": now,
-                             "status_code": outcome.status_code, "error": outcome.error,
-                             "next_attempt_at": change["new_next_attempt_at"]})
-            recorded.results.append((claim, outcome, result, change["new_next_attempt_at"]))
-
+                status, finished_at = FAILED, now
+            changes[claim.lease_token, status, finished_at, next_attempt_at, outcome.error].append(claim.pk)
+            outcomes_by_claim.append((claim, outcome, status, next_attempt_at))
         for claim in claims[len(outcomes):]:
-            if owned(claim):
-                released.append({"event_pk": claim.pk, "new_attempts": claim.attempt - 1})
+            released[claim.lease_token].append(claim.pk)
 
+    written = set()
+    for (lease_token, status, finished_at, next_attempt_at, error), pks in changes.items():
+        written.update(db.session.scalars(_RECORD_OUTCOME, {
+            "pks": pks, "claim_lease_token": lease_token, "new_status": status, "new_finished_at": finished_at,
+            "new_next_attempt_at": next_attempt_at, "new_last_error": error,
+        }))
+    for lease_token, pks in released.items():
+        db.session.execute(_RELEASE, {"pks": pks, "claim_lease_token": lease_token})
+
+    attempts = []
+    settled = {SERVER_ACK: [], ERROR: []}
+    for claim, outcome, status, next_attempt_at in outcomes_by_claim:
+        if claim.pk not in written:
+            recorded.lost.append(claim)
+            continue
+        attempts.append({"event_pk": claim.pk, "number": claim.attempt, "attempted_at": now,
+                         "status_code": outcome.status_code, "error": outcome.error,
+                         "next_attempt_at": next_attempt_at})
+        if status == DELIVERED:
+            settled[SERVER_ACK].append(claim.message_pk)
+            result = metrics.ATTEMPT_DELIVERED
+        elif status == FAILED:
+            settled[ERROR].append(claim.message_pk)
+            result = metrics.ATTEMPT_GAVE_UP
+        else:
+            result = metrics.ATTEMPT_WILL_RETRY
+        recorded.results.append((claim, outcome, result, next_attempt_at))
     if attempts:
         db.session.execute(_INSERT_ATTEMPTS, attempts)
-    if changes:
-        db.session.execute(_RECORD_OUTCOME, changes)
-    if released:
-        db.session.execute(_RELEASE, released)
     settle_messages(settled[SERVER_ACK], SERVER_ACK)
     settle_messages(settled[ERROR], ERROR)
     return recorded
