@@ -37,6 +37,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 import database  # noqa: E402
 from auth import token_digest  # noqa: E402
 from config import ENVIRONMENT_VARIABLES  # noqa: E402
+from delivery_process import DELIVERY_TITLE, SUPERVISOR_TITLE  # noqa: E402
 from models import OPEN, PENDING_EVENT, Event, Instance, Webhook, db  # noqa: E402
 
 LOAD_SCRIPT = REPO / "bench" / "load.lua"
@@ -91,6 +92,7 @@ def row_labels(sizes: Sizes) -> list[str]:
         f"connectionState, instance token, {sizes.large:,} instances",
         f"ratio: {sizes.large:,} / {sizes.small:,} instances",
         "worker RSS after the benchmark (largest worker)",
+        "webhook delivery process RSS after the benchmark",
     ]
 
 
@@ -210,27 +212,43 @@ class Server:
         raise RuntimeError(f"gunicorn did not respond /health/live within {timeout} s; see {self.log.name}")
 
     def worker_status(self) -> list[dict[str, str]]:
-        """Return the /proc status fields of each gunicorn worker (the master's children)."""
-        workers = []
+        """Return the /proc status fields of each gunicorn worker (the master's children but the supervisor)."""
+        return [fields for fields in self.processes_status(self.process.pid) if fields["title"] != SUPERVISOR_TITLE]
+
+    def delivery_status(self) -> list[dict[str, str]]:
+        """Return the /proc status fields of the webhook delivery process, the supervisor's child."""
+        supervisors = [fields for fields in self.processes_status(self.process.pid) if fields["title"] == SUPERVISOR_TITLE]
+        return [fields for supervisor in supervisors for fields in self.processes_status(int(supervisor["Pid"]))
+                if fields["title"] == DELIVERY_TITLE]
+
+    @staticmethod
+    def processes_status(parent_pid: int) -> list[dict[str, str]]:
+        """Return the /proc status fields of the children of `parent_pid`, with their process title as "title"."""
+        children = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
                 status = (entry / "status").read_text()
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
             fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if fields.get("PPid", "").strip() == str(self.process.pid):
-                workers.append(fields)
-        return workers
+            if fields.get("PPid", "").strip() == str(parent_pid):
+                fields["title"] = title
+                children.append(fields)
+        return children
 
     def worker_count(self) -> int:
         return len(self.worker_status())
 
     def worker_rss_mb(self) -> float:
         """Return the resident set size of the largest worker, in MiB."""
-        sizes_kib = [int(fields["VmRSS"].split()[0]) for fields in self.worker_status() if "VmRSS" in fields]
-        return max(sizes_kib, default=0) / 1024
+        return largest_rss_mb(self.worker_status())
+
+    def delivery_rss_mb(self) -> float:
+        """Return the resident set size of the webhook delivery process, in MiB."""
+        return largest_rss_mb(self.delivery_status())
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -241,6 +259,11 @@ class Server:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(10)
         self.log.close()
+
+
+def largest_rss_mb(processes: list[dict[str, str]]) -> float:
+    sizes_kib = [int(fields["VmRSS"].split()[0]) for fields in processes if "VmRSS" in fields]
+    return max(sizes_kib, default=0) / 1024
 
 
 def http_get(base_url: str, path: str, key: str | None, timeout: float = 60) -> tuple[int, bytes]:
@@ -539,6 +562,7 @@ def benchmark_database(main_database, large_database, sizes: Sizes, options, wor
         add(token_large)
         add(ratio_row(labels[14], token_large, token_small))
         add(Row(labels[15], rss_mb=server.worker_rss_mb()))
+        add(Row(labels[16], rss_mb=server.delivery_rss_mb()))
         return rows
     finally:
         if receiver is not None:

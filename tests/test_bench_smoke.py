@@ -44,3 +44,11 @@ def test_bench_smoke_gets_only_successes(smoke_output, database):
     for line in table_rows(smoke_output, database):
         errors = line.split("|")[6].strip()
         assert errors in ("", "0"), f"wrk counted errors: {line}"
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_bench_smoke_measures_delivery_process(smoke_output, database):
+    """The RSS rows found the workers and the webhook delivery process, each by its process title."""
+    for label in (row_labels(SMOKE)[-2], row_labels(SMOKE)[-1]):
+        [line] = [line for line in table_rows(smoke_output, database) if f" {label} " in line]
+        assert float(line.split("|")[7]) > 0, line
