@@ -122,9 +122,11 @@ def record_outcomes(batches: list[tuple[list[Claim], list[Outcome]]], now: datet
         for claim in claims[len(outcomes):]:
             released[claim.lease_token].append(claim.pk)
 
+    # (lease token, pk) of each event written. The same event can come twice, under an old claim
+    # whose lease ran out and under the claim that took it again.
     written = set()
     for (lease_token, status, finished_at, next_attempt_at, error), pks in changes.items():
-        written.update(db.session.scalars(_RECORD_OUTCOME, {
+        written.update((lease_token, pk) for pk in db.session.scalars(_RECORD_OUTCOME, {
             "pks": pks, "claim_lease_token": lease_token, "new_status": status, "new_finished_at": finished_at,
             "new_next_attempt_at": next_attempt_at, "new_last_error": error,
         }))
@@ -134,7 +136,7 @@ def record_outcomes(batches: list[tuple[list[Claim], list[Outcome]]], now: datet
     attempts = []
     settled = {SERVER_ACK: [], ERROR: []}
     for claim, outcome, status, next_attempt_at in outcomes_by_claim:
-        if claim.pk not in written:
+        if (claim.lease_token, claim.pk) not in written:
             recorded.lost.append(claim)
             continue
         attempts.append({"event_pk": claim.pk, "number": claim.attempt, "attempted_at": now,

@@ -133,6 +133,30 @@ def test_lost_lease_drops_outcome(app, api):
     assert attempt_events == [second.pk]
 
 
+@pytest.mark.parametrize("stale_first", [True, False], ids=["stale-first", "fresh-first"])
+def test_stale_and_fresh_claim_in_one_turn(app, api, stale_first):
+    queue_messages(api, 1)
+    failed_400 = Outcome(delivered=False, retryable=False, status_code=400, error="the receiver answered 400")
+
+    with app.app_context():
+        [stale] = claim(1)
+        # The lease ran out, and the same process claimed the event again before recording.
+        db.session.execute(update(Event).values(lease_until=utc_now() - timedelta(seconds=1)))
+        db.session.commit()
+        [fresh] = claim(1)
+        finished = [(stale, [failed_400]), (fresh, [DELIVERED_200])]
+        finish(finished if stale_first else finished[::-1])
+        [row] = event_rows()
+        attempt_numbers = db.session.scalars(select(DeliveryAttempt.number)).all()
+        db.session.rollback()
+        statuses = message_statuses()
+
+    # Only the claim that owns the event records its outcome; the stale one is dropped.
+    assert row.status == DELIVERED
+    assert attempt_numbers == [2]
+    assert statuses == ["SERVER_ACK"]
+
+
 def test_unfinished_head_fails_and_queue_goes_on(app, api):
     key_ids = queue_messages(api, 3)
 
