@@ -37,10 +37,11 @@ DELIVERY_STOP_SECONDS = delivery_worker.STOP_GRACE_SECONDS + 5
 # Process titles, as `ps` and `top` show them next to gunicorn's own.
 SUPERVISOR_TITLE = "evogate: webhook delivery supervisor"
 DELIVERY_TITLE = "evogate: webhook delivery"
-# The signals the gunicorn master handles. Its forked children take back the default handlers.
-MASTER_SIGNALS = ("SIGHUP", "SIGQUIT", "SIGINT", "SIGTERM", "SIGTTIN", "SIGTTOU", "SIGUSR1", "SIGUSR2",
-                  "SIGWINCH", "SIGCHLD")
+# The signals that stop the supervisor and the delivery process, as they stop gunicorn's workers.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+# The other signals the gunicorn master handles, which its forked children ignore: a SIGHUP
+# sent to the whole process group, as a closed terminal sends, must not end deliveries.
+IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 
 _supervisor_pid: int | None = None
 
@@ -68,7 +69,9 @@ def start(app: Flask, inherited_fds: Iterable[int] = ()) -> int:
 
 def stop() -> None:
     """Stop the supervisor that `start` forked, with its delivery process, and wait for both."""
-    if _supervisor_pid is not None:
+    # A supervisor that already exited, and that gunicorn may have reaped, is not signalled,
+    # because its process id may belong to another process by now.
+    if _supervisor_pid is not None and reap(_supervisor_pid) is None:
         terminate(_supervisor_pid, DELIVERY_STOP_SECONDS + 2 * CHECK_SECONDS + 1)
 
 
@@ -94,8 +97,9 @@ class Supervisor:
             else:
                 exit_code = reap(child)
                 if exit_code is not None:
-                    logger.error("Webhook delivery process %d exited (%s); starting a new one in %d s",
-                                 child, describe_exit(exit_code), RESTART_PAUSE_SECONDS)
+                    logger.log(logging.WARNING if exit_code == 0 else logging.ERROR,
+                               "Webhook delivery process %d exited (%s); starting a new one in %d s",
+                               child, describe_exit(exit_code), RESTART_PAUSE_SECONDS)
                     child = None
                     time.sleep(RESTART_PAUSE_SECONDS)
                     continue
@@ -131,13 +135,16 @@ def deliver(app: Flask, supervisor_pid: int) -> None:
 def run_child(main: Callable[[], None], inherited_fds: Iterable[int]) -> NoReturn:
     """Run `main` in a child just forked from a gunicorn process, then end the child.
 
-    The child takes back the default signal handlers and closes `inherited_fds`. It ends with
+    The child ignores the gunicorn master's signals other than STOP_SIGNALS, takes back the
+    default handlers for those and for SIGCHLD, and closes `inherited_fds`. It ends with
     `os._exit`, so exit handlers registered by the parent do not run twice.
     """
     exit_code = 1
     try:
-        for name in MASTER_SIGNALS:
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        for signum in IGNORED_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        for signum in (*STOP_SIGNALS, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
         for fd in inherited_fds:
             os.close(fd)
         main()

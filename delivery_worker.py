@@ -30,8 +30,9 @@ from models import db
 logger = logging.getLogger(__name__)
 
 # Sender threads per process: each receiver that hangs holds one until its timeout, so this
-# many hanging receivers per process are needed before other instances' events wait.
-SENDER_THREADS = 32
+# many hanging receivers are needed before other instances' events wait. Under gunicorn one
+# delivery process serves the server, as the 32 threads of each of 2 workers did before.
+SENDER_THREADS = 64
 # Maximum events of one queue leased and recorded together.
 BATCH_SIZE = 20
 # A sender thread starts no further event of a batch once this many seconds have passed since
@@ -76,7 +77,8 @@ class DeliveryWorker:
             time.sleep(max(0.0, next_turn - time.monotonic()))
             next_turn = time.monotonic() + TURN_SECONDS
             if parent_pid is not None and os.getppid() != parent_pid:
-                logger.warning("The parent of webhook delivery process %d exited; stopping", os.getpid())
+                logger.error("The parent of webhook delivery process %d exited; it stops, and webhooks wait until "
+                             "the server restarts", os.getpid())
                 break
             self.take_turn()
             with self.changed:

@@ -105,6 +105,24 @@ def test_stop_records_delivery_in_flight(backend, databases, server_factory, rec
     assert len(receiver.events("send.message")) == 1
 
 
+def test_group_sighup_keeps_delivering(backend, server_factory, receivers):
+    receiver = receivers()
+    server = server_factory(backend)
+    create_instance(server, "shop1", webhook={"url": receiver.url()})
+    receiver.wait_for_count(1, 10, event="instance.create")
+    delivery_pids = server.delivery_pids()
+
+    # A closed terminal sends SIGHUP to the whole process group; gunicorn reloads its workers.
+    os.killpg(server.process.pid, signal.SIGHUP)
+    time.sleep(1)
+    sent = send_text(server, "shop1", "after the hangup")
+
+    receiver.wait_for(lambda deliveries: any(
+        delivery.event == "send.message" and delivery.json["data"]["key"]["id"] == sent["key"]["id"]
+        for delivery in deliveries), 10, "the message sent after the hangup")
+    assert server.delivery_pids() == delivery_pids
+
+
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_master_exit_stops_delivery(backend, server_factory, stop_signal):
     server = server_factory(backend)
@@ -112,3 +130,14 @@ def test_master_exit_stops_delivery(backend, server_factory, stop_signal):
 
     os.kill(server.process.pid, stop_signal)
     wait_until_exited([supervisor, deliverer], 10)
+
+
+def test_killed_supervisor_reported(backend, server_factory):
+    server = server_factory(backend)
+    supervisor, deliverer = server.delivery_pids()
+
+    # Nothing replaces a killed supervisor, so its delivery process stops and says so.
+    os.kill(supervisor, signal.SIGKILL)
+    wait_until_exited([deliverer], 10)
+    assert f"The parent of webhook delivery process {deliverer} exited" in server.log()
+    assert server.request("GET", "/health/live")[0] == 200
