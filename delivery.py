@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flask import current_app
-from sqlalchemy import Select, and_, bindparam, exists, or_, select, union_all, update
-from sqlalchemy.orm import aliased
+from sqlalchemy import Select, and_, bindparam, func, or_, select, union_all, update
 
 import database
 import delivery_record
@@ -60,15 +59,20 @@ _CLAIMABLE = and_(
     Event.next_attempt_at <= _NOW,
     or_(Event.lease_until.is_(None), Event.lease_until <= _NOW),
 )
-_earlier = aliased(Event)
-# The claimable events that have no earlier pending event in their queue, oldest first.
+# Each queue's first pending event, by (due_at, pk). Numbering the pending events in index
+# order reads each once. The earlier form, "no earlier pending event in the same queue", ran on
+# PostgreSQL as a hash anti join that compared every pair of a queue's events: 1.2 s for a
+# backlog of 5,000 events in one queue.
+_positions = (
+    select(Event.pk, func.row_number().over(partition_by=Event.queue, order_by=(Event.due_at, Event.pk))
+           .label("position"))
+    .where(Event.status == PENDING_EVENT)
+    .subquery()
+)
+# The queues whose first pending event is claimable, in the order of those events.
 _QUEUE_HEADS = (
     select(Event.queue)
-    .where(_CLAIMABLE, ~exists().where(
-        _earlier.queue == Event.queue,
-        _earlier.status == PENDING_EVENT,
-        or_(_earlier.due_at < Event.due_at, and_(_earlier.due_at == Event.due_at, _earlier.pk < Event.pk)),
-    ))
+    .where(_CLAIMABLE, Event.pk.in_(select(_positions.c.pk).where(_positions.c.position == 1)))
     .order_by(Event.due_at, Event.pk)
 )
 _ANY_QUEUE_HEAD = _QUEUE_HEADS.limit(1)
