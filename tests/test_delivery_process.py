@@ -105,6 +105,30 @@ def test_stop_records_delivery_in_flight(backend, databases, server_factory, rec
     assert len(receiver.events("send.message")) == 1
 
 
+def test_stop_grace_ends_then_resent(backend, databases, server_factory, receivers):
+    receiver = receivers()
+    database_url = databases.create(backend)
+    # An attempt that outlasts the 5-second grace period of the stop; the lease is 14 s.
+    settings = {**FAST_RETRIES, "WEBHOOK_REQUEST_TIMEOUT_MS": "8000"}
+    server = server_factory(backend, database_url=database_url, **settings)
+    create_instance(server, "shop1", webhook={"url": receiver.url()})
+    receiver.wait_for_count(1, 10, event="instance.create")
+
+    receiver.hang(60)
+    sent = send_text(server, "shop1", "still in flight at the stop")
+    cut_short = receiver.wait_for_count(1, 10, event="send.message")[0]
+    assert server.stop() == 0
+    assert "Stopped with 1 webhook batches in flight" in server.log()
+    receiver.respond(200)
+
+    # Not recorded, so the restarted server sends it again once its lease ends, with the same id.
+    restarted = server_factory(backend, database_url=database_url, **settings)
+    repeated = receiver.wait_for_count(2, 30, event="send.message")[1]
+    assert repeated.webhook_id == cut_short.webhook_id
+    receiver.wait_for_count(1, 10, event="messages.update")
+    assert message_statuses(restarted, "shop1")[sent["key"]["id"]] == "SERVER_ACK"
+
+
 def test_group_sighup_keeps_delivering(backend, server_factory, receivers):
     receiver = receivers()
     server = server_factory(backend)
