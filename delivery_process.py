@@ -46,25 +46,24 @@ IGNORED_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1
 _supervisor_pid: int | None = None
 
 
-def start(app: Flask, inherited_fds: Iterable[int] = ()) -> int:
-    """Fork the supervisor, which keeps one delivery process running, and return its process id.
+def start(app: Flask, inherited_fds: Iterable[int] = ()) -> None:
+    """Fork the supervisor, which keeps one delivery process running.
 
-    Call it in the gunicorn master while it has a single thread, before it forks the workers,
-    which then start no delivery worker of their own. `inherited_fds` are the master's
-    listening sockets, which the supervisor closes.
+    Call it in the gunicorn master while it has a single thread, before it forks the workers.
+    It turns off `WEBHOOK_DELIVERY_WORKER`, so the workers start no delivery worker of their
+    own. `inherited_fds` are the master's listening sockets, which the supervisor closes.
     """
     global _supervisor_pid
     # NOTE: nothing restarts the supervisor itself. gunicorn's master reaps children it did not
     # fork as workers without telling any hook, so a killed supervisor stops deliveries until
     # the server restarts.
-    delivery_worker.deliver_elsewhere()
+    app.config["WEBHOOK_DELIVERY_WORKER"] = False
     master_pid = os.getpid()
     pid = os.fork()
     if pid == 0:
         run_child(lambda: Supervisor(app, master_pid).run(), inherited_fds)
     _supervisor_pid = pid
     logger.info("Webhook delivery supervisor started as process %d", pid)
-    return pid
 
 
 def stop() -> None:

@@ -110,15 +110,20 @@ def record_outcomes(batches: list[tuple[list[Claim], list[Outcome]]], now: datet
     outcomes_by_claim = []
     for claims, outcomes in batches:
         for claim, outcome in zip(claims, outcomes):
+            # The message's final status, for an event that ends here.
+            message_status = None
             status, finished_at, next_attempt_at = PENDING_EVENT, None, None
             if outcome.delivered:
-                status, finished_at = DELIVERED, now
+                status, finished_at, message_status = DELIVERED, now, SERVER_ACK
+                result = metrics.ATTEMPT_DELIVERED
             elif will_retry(claim, outcome, config):
                 next_attempt_at = now + timedelta(seconds=retry_delay(claim.attempt, outcome.retry_after, config))
+                result = metrics.ATTEMPT_WILL_RETRY
             else:
-                status, finished_at = FAILED, now
+                status, finished_at, message_status = FAILED, now, ERROR
+                result = metrics.ATTEMPT_GAVE_UP
             changes[claim.lease_token, status, finished_at, next_attempt_at, outcome.error].append(claim.pk)
-            outcomes_by_claim.append((claim, outcome, status, next_attempt_at))
+            outcomes_by_claim.append((claim, outcome, result, next_attempt_at, message_status))
         for claim in claims[len(outcomes):]:
             released[claim.lease_token].append(claim.pk)
 
@@ -135,21 +140,15 @@ def record_outcomes(batches: list[tuple[list[Claim], list[Outcome]]], now: datet
 
     attempts = []
     settled = {SERVER_ACK: [], ERROR: []}
-    for claim, outcome, status, next_attempt_at in outcomes_by_claim:
+    for claim, outcome, result, next_attempt_at, message_status in outcomes_by_claim:
         if (claim.lease_token, claim.pk) not in written:
             recorded.lost.append(claim)
             continue
         attempts.append({"event_pk": claim.pk, "number": claim.attempt, "attempted_at": now,
                          "status_code": outcome.status_code, "error": outcome.error,
                          "next_attempt_at": next_attempt_at})
-        if status == DELIVERED:
-            settled[SERVER_ACK].append(claim.message_pk)
-            result = metrics.ATTEMPT_DELIVERED
-        elif status == FAILED:
-            settled[ERROR].append(claim.message_pk)
-            result = metrics.ATTEMPT_GAVE_UP
-        else:
-            result = metrics.ATTEMPT_WILL_RETRY
+        if message_status is not None:
+            settled[message_status].append(claim.message_pk)
         recorded.results.append((claim, outcome, result, next_attempt_at))
     if attempts:
         db.session.execute(_INSERT_ATTEMPTS, attempts)

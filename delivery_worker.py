@@ -204,21 +204,12 @@ def database_failure(error: Exception) -> str | None:
 
 _started_in_pid: int | None = None
 _start_lock = threading.Lock()
-# Set in the gunicorn master before it forks the delivery process and the workers, which
-# then never start a delivery worker of their own.
-_delivered_elsewhere = False
-
-
-def deliver_elsewhere() -> None:
-    """Keep this process, and the processes it forks from now on, from starting a delivery worker."""
-    global _delivered_elsewhere
-    _delivered_elsewhere = True
 
 
 def ensure_started(app: Flask) -> None:
     """Start this process's delivery worker once; forked processes start their own."""
     global _started_in_pid
-    if _delivered_elsewhere or _started_in_pid == os.getpid() or not app.config["WEBHOOK_DELIVERY_WORKER"]:
+    if _started_in_pid == os.getpid() or not app.config["WEBHOOK_DELIVERY_WORKER"]:
         return
     with _start_lock:
         if _started_in_pid == os.getpid():

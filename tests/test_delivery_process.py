@@ -160,7 +160,7 @@ def test_killed_supervisor_reported(backend, server_factory):
     server = server_factory(backend)
     supervisor, deliverer = server.delivery_pids()
 
-    # Nothing replaces a killed supervisor, so its delivery process stops and says so.
+    # Nothing replaces a killed supervisor, so its delivery process stops and logs an ERROR line.
     os.kill(supervisor, signal.SIGKILL)
     wait_until_exited([deliverer], 10)
     assert f"The parent of webhook delivery process {deliverer} exited" in server.log()
